@@ -1,0 +1,59 @@
+"""Connections: Redis clients built from ``REDIS_URL`` in its three forms.
+
+- ``redis://[:password@]host:port/db`` and ``unix:///path.sock?db=0``: plain;
+- ``rediss://...?ssl_cert_reqs=required``: TLS (redis-py reads the query options);
+- ``sentinel://[:password@]host:26379[/db];sentinel://host2:26379``: Redis Sentinel, the same
+  form Celery's broker takes, with the master's name from ``REDIS_SENTINEL_MASTER``.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.sentinel import Sentinel
+
+from tasks.errors import ConfigurationError
+
+#: a dead Redis must fail a call within seconds, not hang a worker or a producer forever.
+SOCKET_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
+HEALTH_CHECK_INTERVAL_S = 30
+
+
+def redis_client(url: str, *, sentinel_master: str | None = None) -> redis.Redis:
+    """A client for ``url``; raises ConfigurationError for a malformed or incomplete URL."""
+    options = {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+    }
+    if url.startswith("sentinel://"):
+        hosts, password, db = parse_sentinel_url(url)
+        if not sentinel_master:
+            raise ConfigurationError("a sentinel:// REDIS_URL needs REDIS_SENTINEL_MASTER")
+        sentinel = Sentinel(hosts, sentinel_kwargs={"password": password}, **options)
+        return sentinel.master_for(sentinel_master, db=db, password=password)
+    try:
+        return redis.Redis.from_url(url, **options)
+    except ValueError as exc:
+        raise ConfigurationError(f"REDIS_URL is not a Redis URL: {exc}") from None
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str | None, int]:
+    """``sentinel://[:pw@]h1:p1[/db];sentinel://h2:p2`` as (hosts, password, db)."""
+    hosts: list[tuple[str, int]] = []
+    password: str | None = None
+    db = 0
+    for part in url.split(";"):
+        parts = urlsplit(part.strip())
+        if parts.scheme != "sentinel" or not parts.hostname:
+            raise ConfigurationError(f"bad sentinel URL part {part!r} in REDIS_URL")
+        hosts.append((parts.hostname, parts.port or 26379))
+        password = unquote(parts.password) if parts.password else password
+        if parts.path.strip("/"):
+            try:
+                db = int(parts.path.strip("/"))
+            except ValueError:
+                raise ConfigurationError(f"bad database number in {part!r}") from None
+    return hosts, password, db

@@ -1,0 +1,152 @@
+"""One exception tree for videosdk-recorder.
+
+Bases end in ``Error``; the rest are named for the event they report. Every exception carries
+structured fields, and :meth:`RecorderError.to_record` gives the ``{"type", "message"}`` shape that
+job records store (never a pickled exception).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RecorderError(Exception):
+    """Base of every error raised by videosdk-recorder."""
+
+    error_type = "error"
+
+    def to_record(self) -> dict[str, str]:
+        """The JSON shape stored in a job record's ``error`` field."""
+        return {"type": self.error_type, "message": str(self)}
+
+
+class ValidationError(RecorderError, ValueError):
+    """Raised when a producer passes a bad field; nothing is enqueued or stored."""
+
+    error_type = "validation"
+
+    def __init__(self, field: str, message: str, *, allowed: Any = None) -> None:
+        self.field = field
+        self.allowed = allowed
+        text = f"{field}: {message}"
+        if allowed is not None:
+            text += f" (allowed: {allowed})"
+        super().__init__(text)
+
+
+class ConfigurationError(RecorderError):
+    """Raised when a setting is missing or malformed (for example no VideoSDK secret)."""
+
+    error_type = "configuration"
+
+
+class JobNotFound(RecorderError, LookupError):
+    """Raised when a job id names no stored record."""
+
+    error_type = "not_found"
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class BrokerUnavailable(RecorderError):
+    """Raised when Redis cannot be reached to store or publish a job; nothing is half-stored."""
+
+    error_type = "broker_unavailable"
+
+
+class Deferred(RecorderError):
+    """Raised when a job must wait longer than a worker slot may be held; it is handed back."""
+
+    error_type = "deferred"
+
+    def __init__(self, wait_s: float, reason: str) -> None:
+        self.wait_s = wait_s
+        self.reason = reason
+        super().__init__(f"deferred {wait_s:.2f}s: {reason}")
+
+
+class ApiError(RecorderError):
+    """Base of the outcomes of one call to the VideoSDK API that are not a plain success.
+
+    ``http_status`` is None when no response arrived. ``may_have_started`` says whether the
+    request may have reached the API and started the recording (a timeout after sending, a 5xx).
+    """
+
+    error_type = "api_error"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        response: Any = None,
+        retry_after_s: float | None = None,
+        may_have_started: bool = False,
+        latency_s: float | None = None,
+    ) -> None:
+        self.http_status = http_status
+        self.latency_s = latency_s
+        self.response = response
+        self.retry_after_s = retry_after_s
+        self.may_have_started = may_have_started
+        super().__init__(message)
+
+
+class CallTimedOut(ApiError):
+    """Raised when the API did not answer within the read timeout (outcome unknown)."""
+
+    error_type = "timeout"
+    retryable = True
+
+
+class ConnectionFailed(ApiError):
+    """Raised when the API could not be reached, or the connection broke mid-call."""
+
+    error_type = "connection_error"
+    retryable = True
+
+
+class RateLimited(ApiError):
+    """Raised when the API answered 429; ``retry_after_s`` is its Retry-After, if any."""
+
+    error_type = "rate_limited"
+    retryable = True
+
+
+class ServerFailed(ApiError):
+    """Raised when the API answered 5xx (it may have started the recording all the same)."""
+
+    error_type = "server_error"
+    retryable = True
+
+
+class TokenRejected(ApiError):
+    """Raised when the API answered 401: the token is invalid or expired."""
+
+    error_type = "unauthorized"
+    retryable = True
+
+
+class AlreadyRecording(ApiError):
+    """Raised when the API refused the start because the room is already being recorded."""
+
+    error_type = "already_recording"
+
+
+class RequestRefused(ApiError):
+    """Raised when the API refused the request for good (400, 403, 404, 422, other 4xx)."""
+
+    #: error type by HTTP status; any other 4xx is ``http_error``.
+    TYPES = {
+        400: "invalid_params",
+        403: "forbidden",
+        404: "room_not_found",
+        422: "invalid_object",
+    }
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.error_type = self.TYPES.get(self.http_status or 0, "http_error")

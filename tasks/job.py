@@ -1,0 +1,88 @@
+"""Job: the record of one "start recording" job, as stored in Redis and shown to users."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """Where a job is in its life. Terminal statuses never change again (but see ``retry``)."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+#: statuses from which a job may still be cancelled: it has not reached the API yet.
+CANCELLABLE = frozenset({Status.SCHEDULED, Status.QUEUED})
+
+
+def utc_iso(ts: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds, e.g. ``2026-11-24T09:00:00.123Z``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job's record. ``to_dict`` gives the contract's JSON-ready fields.
+
+    Beyond the contract: ``run_at`` (when a scheduled job is due), ``next_attempt_at`` (when a
+    waiting job is tried again), ``maybe_started`` (an earlier attempt's outcome is unknown, so an
+    "already recording" answer means success), ``deliveries`` (times a worker took the job) and
+    ``schedule`` (the recurring schedule that created it).
+    """
+
+    id: str
+    room_id: str
+    status: Status
+    request: dict[str, Any]
+    created_at: str
+    updated_at: str
+    attempts: int = 0
+    finished_at: str | None = None
+    http_status: int | None = None
+    response: Any = None
+    error: dict[str, str] | None = None
+    idempotency_key: str | None = None
+    run_at: str | None = None
+    next_attempt_at: str | None = None
+    maybe_started: bool = False
+    in_flight: bool = False
+    deliveries: int = 0
+    schedule: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status.terminal
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields: the contract's, then ours; never internal bookkeeping."""
+        data = asdict(self)
+        data.pop("extra")
+        data.pop("in_flight")
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_record(cls, raw: str | bytes) -> Job:
+        """Build a Job from its stored JSON; fields starting with ``_`` are store bookkeeping."""
+        data: dict[str, Any] = json.loads(raw)
+        known = {name for name in cls.__dataclass_fields__ if name != "extra"}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known}
+        kwargs["status"] = Status(kwargs["status"])
+        return cls(**kwargs, extra=extra)

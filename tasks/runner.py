@@ -1,0 +1,341 @@
+"""Runner: one delivery of a job, from claiming it to recording its outcome. No Celery here.
+
+A delivery:
+1. claims the job (a lease in Redis): a finished, cancelled, not-yet-due or leased job is left
+   alone, so a redelivered message never calls the API for a job that already succeeded;
+2. takes a slot from the global rate limiter, waiting in place only for short waits;
+3. marks an attempt ``running`` *before* calling (write-ahead), so a worker killed mid-call
+   leaves a record saying the outcome is unknown;
+4. calls the API once per attempt, under a tenacity loop whose ``sleep`` hands any wait longer
+   than ``inline_wait_max_s`` back (the job waits in the store's due set, not in a worker slot);
+5. records ``succeeded``, ``failed`` or ``retrying``.
+
+An "already recording" refusal means success when an earlier attempt of this job may have
+started the recording (a timeout, a 5xx, a worker lost mid-call), and failure otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from tasks.client import ApiClient, ApiResponse
+from tasks.errors import AlreadyRecording, ApiError, Deferred, TokenRejected
+from tasks.job import Job, Status, utc_iso
+from tasks.ratelimit import RedisRateLimiter
+from tasks.retry import backoff_s, is_retryable
+from tasks.store import JobStore
+from tasks.tokens import TokenMinter
+
+logger = logging.getLogger(__name__)
+
+#: statuses a delivery may move to ``running`` from.
+STARTABLE = frozenset({Status.QUEUED, Status.RETRYING, Status.RUNNING})
+NOT_FINISHED = frozenset({Status.SCHEDULED, Status.QUEUED, Status.RUNNING, Status.RETRYING})
+#: short cool-downs are waited out in place at most this many times before the job is deferred.
+MAX_INLINE_LIMITER_WAITS = 20
+
+
+class LeaseLost(Exception):
+    """Raised when the job was cancelled or taken over while this delivery held it."""
+
+
+@dataclass
+class _Delivery:
+    job: Job
+    token: str
+    maybe_started: bool
+    reminted: bool = False
+
+
+class Runner:
+    """Runs deliveries of jobs; every collaborator is passed in, none is read from the env."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        client: ApiClient,
+        limiter: RedisRateLimiter,
+        minter: TokenMinter,
+        max_attempts: int,
+        backoff_max_s: float,
+        inline_wait_max_s: float,
+        lease_s: float,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.limiter = limiter
+        self.minter = minter
+        self.max_attempts = max_attempts
+        self.backoff_max_s = backoff_max_s
+        self.inline_wait_max_s = inline_wait_max_s
+        self.lease_s = lease_s
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self._host = socket.gethostname()
+
+    def run(self, job_id: str) -> str:
+        """Run one delivery; returns a word for logs: succeeded, failed, deferred, or skipped:…"""
+        token = f"{self._host}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+        claim = self.store.claim(job_id, token=token, lease_s=self.lease_s)
+        if claim.kind == "leased":
+            # Another delivery holds the job (or held it and died): look again when its lease ends.
+            self.store.update(
+                job_id,
+                {},
+                allowed_from=NOT_FINISHED,
+                due_at_s=self.store.clock() + claim.lease_ttl_s + 0.25,
+            )
+        if claim.kind != "claimed" or claim.job is None:
+            logger.info("job %s skipped: %s", job_id, claim.kind, extra={"job_id": job_id})
+            return f"skipped:{claim.kind}"
+        job = claim.job
+        # in_flight still set means a delivery died during a call whose outcome nobody saw.
+        state = _Delivery(job, token, maybe_started=job.maybe_started or job.in_flight)
+        try:
+            return self._deliver(state)
+        except Deferred as exc:
+            logger.info("job %s deferred %.2fs: %s", job_id, exc.wait_s, exc.reason)
+            return "deferred"
+        except LeaseLost as exc:
+            logger.warning("job %s: left alone mid-delivery (%s)", job_id, exc)
+            return "skipped:lease_lost"
+
+    def _deliver(self, state: _Delivery) -> str:
+        remaining = self.max_attempts - self._attempts_used(state.job)
+        if remaining <= 0:
+            return self._finish_failed(state, None, "attempts exhausted before this delivery")
+        retrying = Retrying(
+            stop=stop_after_attempt(remaining),
+            retry=retry_if_exception(is_retryable),
+            wait=lambda rs: self._wait_s(state, rs),
+            sleep=self._sleep_or_defer,
+            before_sleep=lambda rs: self._record_retrying(state, rs),
+            reraise=True,
+        )
+        try:
+            response = retrying(self._attempt, state)
+        except AlreadyRecording as exc:
+            if state.maybe_started:
+                return self._finish_succeeded(state, exc.http_status, exc.response)
+            return self._finish_failed(state, exc, None)
+        except ApiError as exc:
+            return self._finish_failed(state, exc, None)
+        return self._finish_succeeded(state, response.http_status, response.body)
+
+    @staticmethod
+    def _attempts_used(job: Job) -> int:
+        """Attempts since the job was last replayed by hand (``_base`` is the count then)."""
+        return job.attempts - int(job.extra.get("_base", 0))
+
+    # -- one attempt --------------------------------------------------------------------------
+
+    def _attempt(self, state: _Delivery) -> ApiResponse:
+        self._take_rate_slot(state)
+        begun = self.store.update(
+            state.job.id,
+            {
+                "status": Status.RUNNING.value,
+                "in_flight": True,
+                "maybe_started": state.maybe_started,
+                "next_attempt_at": None,
+            },
+            allowed_from=STARTABLE,
+            lease_token=state.token,
+            count_attempt=True,
+            clear_due=True,
+            renew_lease_s=self.lease_s,
+        )
+        if not begun.applied or begun.job is None:
+            raise LeaseLost(begun.reason)
+        state.job = begun.job
+        try:
+            response = self.client.start_recording(state.job.request)
+        except ApiError as exc:
+            state.maybe_started = state.maybe_started or exc.may_have_started
+            self._log_call(state, exc.http_status, exc.latency_s, exc.error_type)
+            if isinstance(exc, TokenRejected):
+                if state.reminted:
+                    exc.retryable = False  # a fresh token refused too: the credentials are wrong
+                else:
+                    state.reminted = True
+                    self.minter.invalidate()
+            if exc.error_type == "rate_limited":
+                self.limiter.on_rate_limited(exc.retry_after_s)
+            raise
+        self._log_call(state, response.http_status, response.latency_s, "ok")
+        return response
+
+    def _take_rate_slot(self, state: _Delivery) -> None:
+        """Wait for the global limiter in place if the wait is short; else defer the job."""
+        for _ in range(MAX_INLINE_LIMITER_WAITS):
+            admission = self.limiter.acquire(max_wait_s=self.inline_wait_max_s)
+            if admission.reserved:
+                if admission.wait_s > 0:
+                    self.sleep(admission.wait_s)
+                return
+            if not (admission.cooldown and admission.wait_s <= self.inline_wait_max_s):
+                break
+            self.sleep(admission.wait_s)  # a short shared cool-down, then ask again
+        kind = "rate_limit_cooldown" if admission.cooldown else "rate_limit_wait"
+        why = (
+            "the API asked every worker to pause (429 Retry-After)"
+            if admission.cooldown
+            else f"the global rate limit ({self.limiter.rate_per_s:g}/s) is saturated"
+        )
+        self._defer(state, admission.wait_s, {"type": kind, "message": f"waiting: {why}"})
+        raise Deferred(admission.wait_s, why)
+
+    # -- tenacity hooks -----------------------------------------------------------------------
+
+    def _wait_s(self, state: _Delivery, rs: RetryCallState) -> float:
+        exc = rs.outcome.exception() if rs.outcome else None
+        if isinstance(exc, TokenRejected):
+            return 0.0
+        return backoff_s(
+            self._attempts_used(state.job),
+            backoff_max_s=self.backoff_max_s,
+            retry_after_s=getattr(exc, "retry_after_s", None),
+            rng=self.rng,
+        )
+
+    def _record_retrying(self, state: _Delivery, rs: RetryCallState) -> None:
+        exc = rs.outcome.exception() if rs.outcome else None
+        assert isinstance(exc, ApiError)
+        wait_s = rs.upcoming_sleep
+        patch = {
+            "status": Status.RETRYING.value,
+            "in_flight": False,
+            "maybe_started": state.maybe_started,
+            "http_status": exc.http_status,
+            "response": exc.response,
+            "error": exc.to_record(),
+            "next_attempt_at": utc_iso(self.store.clock() + wait_s),
+        }
+        if wait_s > self.inline_wait_max_s:
+            self._defer(state, wait_s, None, patch)
+        else:
+            self._apply(state, patch, allowed_from={Status.RUNNING})
+        logger.info(
+            "job %s retrying in %.2fs after %s",
+            state.job.id,
+            wait_s,
+            exc.error_type,
+            extra={"job_id": state.job.id, "room_id": state.job.room_id, "status": "retrying"},
+        )
+
+    def _sleep_or_defer(self, wait_s: float) -> None:
+        if wait_s > self.inline_wait_max_s:
+            raise Deferred(wait_s, "backoff longer than a worker slot may be held")
+        self.sleep(wait_s)
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    def _defer(
+        self,
+        state: _Delivery,
+        wait_s: float,
+        error: dict[str, str] | None,
+        patch: dict[str, Any] | None = None,
+    ) -> None:
+        """Park the job in the due set for ``wait_s`` and give up the lease (and the slot)."""
+        patch = dict(patch or {})
+        if error is not None:
+            patch["error"] = error
+        patch.setdefault("next_attempt_at", utc_iso(self.store.clock() + wait_s))
+        self._apply(
+            state,
+            patch,
+            allowed_from=STARTABLE,
+            due_at_s=self.store.clock() + wait_s,
+            release_lease=True,
+        )
+
+    def _finish_succeeded(self, state: _Delivery, http_status: int | None, body: Any) -> str:
+        patch = {
+            "status": Status.SUCCEEDED.value,
+            "in_flight": False,
+            "maybe_started": state.maybe_started,
+            "http_status": http_status,
+            "response": body,
+            "error": None,
+            "next_attempt_at": None,
+        }
+        self._apply(state, patch, allowed_from=STARTABLE, release_lease=True, clear_due=True)
+        return "succeeded"
+
+    def _finish_failed(self, state: _Delivery, exc: ApiError | None, note: str | None) -> str:
+        if exc is None:
+            error = {"type": "attempts_exhausted", "message": note or ""}
+        else:
+            error = exc.to_record()
+            if exc.retryable:
+                used = self._attempts_used(state.job)
+                error["message"] = f"gave up after {used} attempts: {error['message']}"
+        patch = {
+            "status": Status.FAILED.value,
+            "in_flight": False,
+            "maybe_started": state.maybe_started,
+            "error": error,
+            "next_attempt_at": None,
+        }
+        if exc is not None:
+            patch["http_status"] = exc.http_status
+            patch["response"] = exc.response
+        self._apply(state, patch, allowed_from=STARTABLE, release_lease=True, clear_due=True)
+        return "failed"
+
+    def _apply(self, state: _Delivery, patch: dict[str, Any], **kwargs: Any) -> None:
+        result = self.store.update(state.job.id, patch, lease_token=state.token, **kwargs)
+        if not result.applied:
+            raise LeaseLost(result.reason)
+        assert result.job is not None
+        state.job = result.job
+        logger.info(
+            "job %s room=%s status=%s attempts=%d",
+            state.job.id,
+            state.job.room_id,
+            state.job.status.value,
+            state.job.attempts,
+            extra={
+                "job_id": state.job.id,
+                "room_id": state.job.room_id,
+                "status": state.job.status.value,
+                "attempt": state.job.attempts,
+                "http_status": state.job.http_status,
+            },
+        )
+
+    def _log_call(
+        self, state: _Delivery, http_status: int | None, latency_s: float | None, outcome: str
+    ) -> None:
+        logger.info(
+            "job %s room=%s attempt=%d call http=%s latency_ms=%s outcome=%s",
+            state.job.id,
+            state.job.room_id,
+            state.job.attempts,
+            http_status,
+            None if latency_s is None else round(latency_s * 1000, 1),
+            outcome,
+            extra={
+                "job_id": state.job.id,
+                "room_id": state.job.room_id,
+                "attempt": state.job.attempts,
+                "http_status": http_status,
+                "latency_ms": None if latency_s is None else round(latency_s * 1000, 1),
+                "outcome": outcome,
+            },
+        )

@@ -1,0 +1,98 @@
+"""Runtime: builds the process's collaborators from the settings, once per process.
+
+The only module that joins configuration to domain classes. Objects are rebuilt after a fork
+(prefork children must not share their parent's sockets).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+
+from tasks.client import ApiClient
+from tasks.connections import redis_client
+from tasks.ratelimit import RedisRateLimiter
+from tasks.runner import Runner
+from tasks.store import JobStore
+from tasks.tokens import TokenMinter
+from worker.config import Settings, settings
+
+T = TypeVar("T")
+_lock = threading.RLock()
+_cache: dict[str, object] = {}
+_pid = os.getpid()
+
+
+def _once(name: str, build: Callable[[], T]) -> T:
+    global _pid
+    with _lock:
+        if _pid != os.getpid():
+            _cache.clear()
+            _pid = os.getpid()
+        if name not in _cache:
+            _cache[name] = build()
+        return _cache[name]  # type: ignore[return-value]
+
+
+def reset() -> None:
+    """Forget every built object (tests change the environment between runs)."""
+    with _lock:
+        _cache.clear()
+    settings.cache_clear()
+
+
+def config() -> Settings:
+    return settings()
+
+
+def redis_conn() -> redis.Redis:
+    s = settings()
+    return _once("redis", lambda: redis_client(s.redis_url, sentinel_master=s.sentinel_master))
+
+
+def store() -> JobStore:
+    s = settings()
+    return _once(
+        "store", lambda: JobStore(client=redis_conn(), prefix=s.key_prefix, ttl_s=s.job_ttl_s)
+    )
+
+
+def limiter() -> RedisRateLimiter:
+    s = settings()
+    return _once(
+        "limiter",
+        lambda: RedisRateLimiter(
+            client=redis_conn(), rate_per_s=s.rate_per_s, burst=s.rate_burst, prefix=s.key_prefix
+        ),
+    )
+
+
+def runner() -> Runner:
+    """The worker's runner; raises ConfigurationError without an API key and secret."""
+
+    def build() -> Runner:
+        s = settings()
+        api_key, secret = s.require_credentials()
+        minter = TokenMinter(api_key=api_key, secret=secret)
+        client = ApiClient(
+            base_url=s.api_base,
+            minter=minter,
+            connect_timeout_s=s.connect_timeout_s,
+            read_timeout_s=s.read_timeout_s,
+        )
+        return Runner(
+            store=store(),
+            client=client,
+            limiter=limiter(),
+            minter=minter,
+            max_attempts=s.max_attempts,
+            backoff_max_s=s.backoff_max_s,
+            inline_wait_max_s=s.inline_wait_max_s,
+            lease_s=s.lease_s,
+        )
+
+    return _once("runner", build)

@@ -1,0 +1,420 @@
+"""Job store: one JSON record per job in Redis, with indexes, changed only by atomic Lua scripts.
+
+Key schema (``{p}`` is the key prefix, ``recorder`` by default):
+
+==========================  ======  ============================================================
+key                         type    holds
+==========================  ======  ============================================================
+``{p}:job:{id}``            string  the job record (JSON); expires ``ttl_s`` after its creation
+``{p}:idem:{key}``          string  job id for an idempotency key; same expiry as the job
+``{p}:jobs``                zset    every job id, scored by creation time (ms)
+``{p}:room:{room_id}``      zset    the room's job ids by creation time; expires with the newest
+``{p}:status:{status}``     zset    job ids in that status, by creation time
+``{p}:due``                 zset    job ids waiting for a time (scheduled, or deferred), by due ms
+``{p}:lease:{id}``          string  the token of the delivery working on the job; short PX
+==========================  ======  ============================================================
+
+Index members whose records have expired are trimmed whenever an index is written (by score:
+the creation time is older than ``ttl_s``) and skipped when read, so no index outlives its jobs.
+Records carry two bookkeeping fields the API never shows: ``_ts`` (creation ms, the index score)
+and ``_due`` (ms; set while the job waits in ``{p}:due``).
+
+Every change goes through :data:`UPDATE_LUA`, which checks the current status against the
+statuses the change may start from; that is how a late ``running`` never overwrites
+``succeeded``. Redis Cluster is not supported (Celery cannot use it as a broker either), so the
+scripts may build the keys of the job they read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from tasks.job import Job, Status, utc_iso
+
+# KEYS[1] job, KEYS[2] idem (a placeholder when none), KEYS[3] jobs, KEYS[4] room,
+# KEYS[5] status index, KEYS[6] due
+# ARGV[1] id, ARGV[2] record, ARGV[3] ttl_s, ARGV[4] created ms, ARGV[5] "1" if idempotent,
+# ARGV[6] due ms or "", ARGV[7] prefix
+# Returns the id of the job now stored for that key: ARGV[1], or the existing one.
+CREATE_LUA = """
+if ARGV[5] == '1' then
+  local existing = redis.call('GET', KEYS[2])
+  if existing and redis.call('EXISTS', ARGV[7] .. ':job:' .. existing) == 1 then
+    return existing
+  end
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+local score = tonumber(ARGV[4])
+local cutoff = score - tonumber(ARGV[3]) * 1000
+for i = 3, 5 do
+  redis.call('ZADD', KEYS[i], score, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', cutoff)
+end
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+if ARGV[6] ~= '' then redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1]) end
+return ARGV[1]
+"""
+
+# KEYS[1] job, KEYS[2] lease
+# ARGV[1] prefix, ARGV[2] id, ARGV[3] allowed current statuses as " a b " ("" = any),
+# ARGV[4] patch (JSON object merged into the record), ARGV[5] lease token that must hold the
+# lease ("" = no check), ARGV[6] "1" to count an attempt, ARGV[7] due: "" keep, "-" remove,
+# else ms to wait in the due set until, ARGV[8] lease: "" keep, "release", else ms to renew,
+# ARGV[9] index cutoff ms (creation times before it are expired)
+# Returns {1, record} when applied, else {0, reason, record or nil}.
+UPDATE_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {0, 'missing'} end
+if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return {0, 'lease_lost', raw} end
+local rec = cjson.decode(raw)
+local old = rec.status
+if ARGV[3] ~= '' and not string.find(ARGV[3], ' ' .. old .. ' ', 1, true) then
+  return {0, 'status', raw}
+end
+for k, v in pairs(cjson.decode(ARGV[4])) do rec[k] = v end
+if ARGV[6] == '1' then rec.attempts = (rec.attempts or 0) + 1 end
+if ARGV[7] == '-' then
+  rec._due = nil
+  redis.call('ZREM', ARGV[1] .. ':due', ARGV[2])
+elseif ARGV[7] ~= '' then
+  rec._due = tonumber(ARGV[7])
+  redis.call('ZADD', ARGV[1] .. ':due', ARGV[7], ARGV[2])
+end
+local out = cjson.encode(rec)
+redis.call('SET', KEYS[1], out, 'KEEPTTL')
+if rec.status ~= old then
+  redis.call('ZREM', ARGV[1] .. ':status:' .. old, ARGV[2])
+  local index = ARGV[1] .. ':status:' .. rec.status
+  redis.call('ZADD', index, rec._ts, ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', ARGV[9])
+end
+if ARGV[8] == 'release' then
+  if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
+elseif ARGV[8] ~= '' then
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
+end
+return {1, out}
+"""
+
+# KEYS[1] job, KEYS[2] lease
+# ARGV[1] lease token, ARGV[2] lease ms, ARGV[3] now ms
+# Returns {kind, record, lease pttl}: kind is claimed, finished, not_due, leased or missing.
+CLAIM_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'missing'} end
+local rec = cjson.decode(raw)
+local s = rec.status
+if s == 'succeeded' or s == 'failed' or s == 'cancelled' then return {'finished', raw} end
+if s == 'scheduled' or (rec._due and rec._due > tonumber(ARGV[3])) then
+  return {'not_due', raw}
+end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'leased', raw, redis.call('PTTL', KEYS[2])}
+end
+rec.deliveries = (rec.deliveries or 0) + 1
+local out = cjson.encode(rec)
+redis.call('SET', KEYS[1], out, 'KEEPTTL')
+return {'claimed', out}
+"""
+
+# KEYS[1] due
+# ARGV[1] now ms, ARGV[2] most ids, ARGV[3] ms until an unconfirmed dispatch is retried,
+# ARGV[4] prefix, ARGV[5] now as ISO 8601
+# Takes the due jobs: scheduled ones become queued; each stays in the due set, pushed back by
+# ARGV[3], until DISPATCHED_LUA confirms its message was published (so a crash between the two
+# re-dispatches it instead of losing it). Returns a flat list of id, room id pairs.
+POP_DUE_LUA = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local out = {}
+for _, id in ipairs(ids) do
+  local key = ARGV[4] .. ':job:' .. id
+  local raw = redis.call('GET', key)
+  local rec = raw and cjson.decode(raw)
+  if not rec or rec.status == 'succeeded' or rec.status == 'failed'
+      or rec.status == 'cancelled' then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), id)
+    if rec.status == 'scheduled' then
+      redis.call('ZREM', ARGV[4] .. ':status:scheduled', id)
+      redis.call('ZADD', ARGV[4] .. ':status:queued', rec._ts, id)
+      rec.status = 'queued'
+      rec.updated_at = ARGV[5]
+    end
+    rec._due = nil
+    redis.call('SET', key, cjson.encode(rec), 'KEEPTTL')
+    table.insert(out, id)
+    table.insert(out, rec.room_id)
+  end
+end
+return out
+"""
+
+# KEYS[1] due; ARGV: pairs of id, the score POP_DUE_LUA gave it. Removes each id whose score is
+# unchanged (a job deferred again meanwhile keeps its new time).
+DISPATCHED_LUA = """
+for i = 1, #ARGV, 2 do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return 1
+"""
+
+#: a dispatched job not confirmed as published within this long is dispatched again.
+REDISPATCH_MS = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of taking a job for one delivery."""
+
+    kind: str  # claimed | finished | not_due | leased | missing
+    job: Job | None
+    lease_ttl_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """The outcome of a change: ``applied``, else ``reason`` (missing, status, lease_lost)."""
+
+    applied: bool
+    job: Job | None
+    reason: str = ""
+
+
+class JobStore:
+    """Job records in Redis (see the module docstring for the key schema)."""
+
+    def __init__(
+        self,
+        *,
+        client: redis.Redis,
+        prefix: str = "recorder",
+        ttl_s: int = 30 * 24 * 3600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._create = client.register_script(CREATE_LUA)
+        self._update = client.register_script(UPDATE_LUA)
+        self._claim = client.register_script(CLAIM_LUA)
+        self._pop_due = client.register_script(POP_DUE_LUA)
+        self._dispatched = client.register_script(DISPATCHED_LUA)
+
+    def key(self, kind: str, name: str = "") -> str:
+        """The one place Redis keys are built: ``{prefix}:{kind}[:{name}]``."""
+        return f"{self.prefix}:{kind}:{name}" if name else f"{self.prefix}:{kind}"
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        room_id: str,
+        request: dict[str, Any],
+        idempotency_key: str | None = None,
+        run_at_s: float | None = None,
+        schedule: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Store a new ``queued`` (or, with ``run_at_s``, ``scheduled``) job.
+
+        Returns ``(job, True)``, or ``(existing_job, False)`` when the idempotency key already
+        names a live job; the check and the write are one atomic step.
+        """
+        now = self.clock()
+        now_iso = utc_iso(now)
+        job_id = uuid.uuid4().hex
+        status = Status.SCHEDULED if run_at_s is not None else Status.QUEUED
+        record = {
+            "id": job_id,
+            "room_id": room_id,
+            "status": status.value,
+            "attempts": 0,
+            "created_at": now_iso,
+            "updated_at": now_iso,
+            "finished_at": None,
+            "request": request,
+            "http_status": None,
+            "response": None,
+            "error": None,
+            "idempotency_key": idempotency_key,
+            "run_at": utc_iso(run_at_s) if run_at_s is not None else None,
+            "schedule": schedule,
+            "_ts": int(now * 1000),
+        }
+        if run_at_s is not None:
+            record["_due"] = int(run_at_s * 1000)
+        stored_id = self._create(
+            keys=[
+                self.key("job", job_id),
+                self.key("idem", idempotency_key or "-"),
+                self.key("jobs"),
+                self.key("room", room_id),
+                self.key("status", status.value),
+                self.key("due"),
+            ],
+            args=[
+                job_id,
+                json.dumps(record, separators=(",", ":")),
+                self.ttl_s,
+                record["_ts"],
+                "1" if idempotency_key else "0",
+                record.get("_due", ""),
+                self.prefix,
+            ],
+        ).decode()
+        if stored_id != job_id:
+            existing = self.get(stored_id)
+            if existing is not None:
+                return existing, False
+        return Job.from_record(json.dumps(record)), True
+
+    def delete(self, job: Job) -> None:
+        """Remove a job entirely (used when its message could not be published)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.key("job", job.id), self.key("lease", job.id))
+        pipe.zrem(self.key("jobs"), job.id)
+        pipe.zrem(self.key("room", job.room_id), job.id)
+        pipe.zrem(self.key("status", job.status.value), job.id)
+        pipe.zrem(self.key("due"), job.id)
+        pipe.execute()
+        if job.idempotency_key:
+            # only if it still names this job: never drop another job's key
+            self.client.eval(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
+                1,
+                self.key("idem", job.idempotency_key),
+                job.id,
+            )
+
+    def update(
+        self,
+        job_id: str,
+        patch: dict[str, Any],
+        *,
+        allowed_from: Iterable[Status] | None = None,
+        lease_token: str | None = None,
+        count_attempt: bool = False,
+        due_at_s: float | None = None,
+        clear_due: bool = False,
+        release_lease: bool = False,
+        renew_lease_s: float | None = None,
+    ) -> Update:
+        """Apply ``patch`` atomically if the job's status is in ``allowed_from`` (any if None).
+
+        ``updated_at`` is set, and ``finished_at`` when the new status is terminal. With
+        ``lease_token`` the change applies only while that token holds the job's lease.
+        """
+        now = self.clock()
+        patch = {**patch, "updated_at": utc_iso(now)}
+        if "status" in patch and Status(patch["status"]).terminal:
+            patch.setdefault("finished_at", patch["updated_at"])
+        allowed = "" if allowed_from is None else " " + " ".join(s.value for s in allowed_from) + " "
+        due = "-" if clear_due else ("" if due_at_s is None else str(int(due_at_s * 1000)))
+        lease = "release" if release_lease else ""
+        if renew_lease_s is not None:
+            lease = str(int(renew_lease_s * 1000))
+        result = self._update(
+            keys=[self.key("job", job_id), self.key("lease", job_id)],
+            args=[
+                self.prefix,
+                job_id,
+                allowed,
+                json.dumps(patch, separators=(",", ":")),
+                lease_token or "",
+                "1" if count_attempt else "0",
+                due,
+                lease,
+                int((now - self.ttl_s) * 1000),
+            ],
+        )
+        if result[0] == 1:
+            return Update(True, Job.from_record(result[1]))
+        reason = result[1].decode()
+        return Update(False, Job.from_record(result[2]) if len(result) > 2 else None, reason)
+
+    def claim(self, job_id: str, *, token: str, lease_s: float) -> Claim:
+        """Take the job's lease for one delivery, unless it is finished, not due or leased."""
+        result = self._claim(
+            keys=[self.key("job", job_id), self.key("lease", job_id)],
+            args=[token, int(lease_s * 1000), int(self.clock() * 1000)],
+        )
+        kind = result[0].decode()
+        job = Job.from_record(result[1]) if len(result) > 1 else None
+        lease_ttl_s = max(int(result[2]), 0) / 1000 if len(result) > 2 else 0.0
+        return Claim(kind, job, lease_ttl_s)
+
+    def pop_due(self, *, limit: int = 100) -> list[tuple[str, str, int]]:
+        """Take up to ``limit`` due jobs: ``(id, room_id, token)``; confirm with ``dispatched``."""
+        now_ms = int(self.clock() * 1000)
+        flat = self._pop_due(
+            keys=[self.key("due")],
+            args=[now_ms, limit, REDISPATCH_MS, self.prefix, utc_iso(now_ms / 1000)],
+        )
+        token = now_ms + REDISPATCH_MS
+        return [(flat[i].decode(), flat[i + 1].decode(), token) for i in range(0, len(flat), 2)]
+
+    def dispatched(self, items: Iterable[tuple[str, str, int]]) -> None:
+        """Confirm that these popped jobs' messages were published."""
+        args: list[Any] = []
+        for job_id, _room, token in items:
+            args += [job_id, str(token)]
+        if args:
+            self._dispatched(keys=[self.key("due")], args=args)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self.client.get(self.key("job", job_id))
+        return Job.from_record(raw) if raw else None
+
+    def list(
+        self, *, room_id: str | None = None, status: Status | None = None, limit: int = 50
+    ) -> list[Job]:
+        """Newest first. With both filters, the room's index is read and filtered by status."""
+        if room_id is not None:
+            index = self.key("room", room_id)
+        elif status is not None:
+            index = self.key("status", status.value)
+        else:
+            index = self.key("jobs")
+        jobs: list[Job] = []
+        start, page = 0, max(limit, 50)
+        while len(jobs) < limit:
+            ids = [i.decode() for i in self.client.zrevrange(index, start, start + page - 1)]
+            if not ids:
+                break
+            start += page
+            for raw in self.client.mget([self.key("job", i) for i in ids]):
+                if raw is None:
+                    continue
+                job = Job.from_record(raw)
+                if status is None or job.status is status:
+                    jobs.append(job)
+                    if len(jobs) == limit:
+                        break
+        return jobs
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per status, from the status indexes (expired members trimmed first)."""
+        cutoff = int((self.clock() - self.ttl_s) * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        for status in Status:
+            pipe.zremrangebyscore(self.key("status", status.value), "-inf", cutoff)
+            pipe.zcard(self.key("status", status.value))
+        results = pipe.execute()
+        return {status.value: int(results[2 * i + 1]) for i, status in enumerate(Status)}
+
+    def due_count(self) -> int:
+        return int(self.client.zcard(self.key("due")))
