@@ -1,0 +1,156 @@
+"""Shared fixtures: a real Redis (dedicated db), the sandbox API, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tasks import runtime
+from tasks.sandbox import SandboxServer
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+TEST_DB = 11
+API_KEY = "test-api-key"
+#: long and distinctive, so a leak into Redis or a log is easy to find
+SECRET = "s3cr3t-7f1d0c9a5be84e2f9c3a-never-log-me"
+
+
+def wait_for(
+    predicate: Callable[[], Any], *, timeout_s: float = 10.0, interval_s: float = 0.05
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        time.sleep(interval_s)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{TEST_DB}"
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.ConnectionError:
+        pytest.fail(f"Redis does not answer at {url}: start it (see README)")
+    return url
+
+
+@pytest.fixture
+def rdb(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the test db, flushed before and after the test."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    with SandboxServer(api_key=API_KEY, secret=SECRET, seed=7) as server:
+        yield server
+
+
+def base_env(redis_url: str, api_base: str, **overrides: str) -> dict[str, str]:
+    """The environment a worker or producer of the tests runs with."""
+    env = {
+        "REDIS_URL": redis_url,
+        "VIDEOSDK_API_KEY": API_KEY,
+        "VIDEOSDK_SECRET": SECRET,
+        "VIDEOSDK_API_BASE": api_base,
+        "RECORDER_RATE_LIMIT": "1000/s",
+        "RECORDER_BACKOFF_MAX": "0.2",
+        "RECORDER_READ_TIMEOUT": "2",
+        "RECORDER_CONNECT_TIMEOUT": "1",
+        "RECORDER_INLINE_WAIT_MAX": "3",
+        "RECORDER_CONCURRENCY": "8",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def recorder_env(
+    rdb: redis.Redis, redis_url: str, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """This process configured as a producer/worker of the test db and the sandbox."""
+    env = base_env(redis_url, sandbox.url)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    runtime.reset()
+    yield env
+    runtime.reset()
+
+
+class WorkerProcess:
+    """A real ``celery -A worker worker`` subprocess, its output captured to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO"]
+        cmd += ["--without-mingle", "--without-gossip", *args]
+        self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 30.0) -> WorkerProcess:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log()}")
+            return "ready." in self.log()
+
+        wait_for(ready, timeout_s=timeout_s, interval_s=0.1)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_worker(
+    recorder_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker processes (stopped at teardown): ``start_worker(*args, **env)``."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, **env: str) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        worker = WorkerProcess({**recorder_env, **env}, log, *args)
+        started.append(worker)
+        return worker.wait_ready()
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from tasks.job import Status
+from tasks.store import JobStore
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(rdb: redis.Redis, clock: Clock) -> JobStore:
+    return JobStore(client=rdb, prefix="t", ttl_s=3600, clock=clock)
+
+
+def new(store: JobStore, room: str = "room-1", **kw: object) -> str:
+    job, created = store.create(room_id=room, request={"roomId": room}, **kw)  # type: ignore[arg-type]
+    assert created
+    return job.id
+
+
+def test_create_stores_a_queued_record_with_contract_fields(store: JobStore) -> None:
+    job_id = new(store)
+    job = store.get(job_id)
+    assert job is not None
+    data = job.to_dict()
+    assert data["status"] == "queued"
+    assert data["attempts"] == 0
+    assert data["request"] == {"roomId": "room-1"}
+    assert data["finished_at"] is None and data["error"] is None and data["http_status"] is None
+    assert data["created_at"].endswith("Z")
+    assert not any(k.startswith("_") for k in data)
+
+
+def test_record_expires_with_the_ttl(store: JobStore, rdb: redis.Redis) -> None:
+    job_id = new(store)
+    assert 3590 <= rdb.ttl(f"t:job:{job_id}") <= 3600
+    store.update(job_id, {"status": "running"})
+    assert 3590 <= rdb.ttl(f"t:job:{job_id}") <= 3600, "updates keep the original expiry"
+
+
+def test_same_idempotency_key_returns_the_existing_job(store: JobStore) -> None:
+    first = new(store, idempotency_key="abc")
+    again, created = store.create(room_id="room-1", request={}, idempotency_key="abc")
+    assert not created and again.id == first
+    assert len(store.list()) == 1
+
+
+def test_idempotency_is_atomic_under_concurrent_creates(store: JobStore) -> None:
+    ids: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def create() -> None:
+        barrier.wait()
+        job, _ = store.create(room_id="r", request={}, idempotency_key="same")
+        ids.append(job.id)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 1
+
+
+def test_status_never_goes_backwards(store: JobStore) -> None:
+    job_id = new(store)
+    done = store.update(job_id, {"status": "succeeded"}, allowed_from={Status.QUEUED})
+    assert done.applied and done.job is not None and done.job.finished_at is not None
+    late = store.update(
+        job_id, {"status": "running"}, allowed_from={Status.QUEUED, Status.RETRYING}
+    )
+    assert not late.applied and late.reason == "status"
+    job = store.get(job_id)
+    assert job is not None and job.status is Status.SUCCEEDED
+
+
+def test_update_with_a_lease_applies_only_for_its_holder(store: JobStore) -> None:
+    job_id = new(store)
+    assert store.claim(job_id, token="a", lease_s=10).kind == "claimed"
+    assert store.claim(job_id, token="b", lease_s=10).kind == "leased"
+    assert not store.update(job_id, {"status": "running"}, lease_token="b").applied
+    assert store.update(job_id, {"status": "running"}, lease_token="a").applied
+
+
+def test_claim_refuses_finished_and_not_yet_due_jobs(store: JobStore, clock: Clock) -> None:
+    finished = new(store)
+    store.update(finished, {"status": "failed"})
+    assert store.claim(finished, token="t", lease_s=5).kind == "finished"
+    scheduled = new(store, run_at_s=clock.now + 60)
+    assert store.claim(scheduled, token="t", lease_s=5).kind == "not_due"
+    assert store.claim("nope", token="t", lease_s=5).kind == "missing"
+
+
+def test_claim_counts_deliveries(store: JobStore) -> None:
+    job_id = new(store)
+    store.claim(job_id, token="a", lease_s=0.05)
+    claim = store.claim(job_id, token="b", lease_s=5)
+    assert claim.kind in {"leased", "claimed"}
+    store.client.delete(f"t:lease:{job_id}")
+    claim = store.claim(job_id, token="c", lease_s=5)
+    assert claim.kind == "claimed" and claim.job is not None and claim.job.deliveries >= 2
+
+
+def test_lists_newest_first_by_room_and_status(store: JobStore, clock: Clock) -> None:
+    ids = []
+    for i in range(5):
+        clock.now += 1
+        ids.append(new(store, room="a" if i % 2 == 0 else "b"))
+    store.update(ids[4], {"status": "failed"})
+    assert [j.id for j in store.list()] == ids[::-1]
+    assert [j.id for j in store.list(room_id="a")] == [ids[4], ids[2], ids[0]]
+    assert [j.id for j in store.list(room_id="a", status=Status.QUEUED)] == [ids[2], ids[0]]
+    assert [j.id for j in store.list(status=Status.FAILED)] == [ids[4]]
+    assert [j.id for j in store.list(limit=2)] == [ids[4], ids[3]]
+    assert store.counts()["queued"] == 4 and store.counts()["failed"] == 1
+
+
+def test_expired_jobs_leave_the_indexes(store: JobStore, clock: Clock, rdb: redis.Redis) -> None:
+    old = new(store)
+    rdb.delete(f"t:job:{old}")  # as its TTL would
+    clock.now += 3601
+    new(store)
+    assert old not in [j.id for j in store.list()]
+    assert rdb.zscore("t:jobs", old) is None
+    assert store.counts()["queued"] == 1
+
+
+def test_due_jobs_are_dispatched_once_even_with_racing_dispatchers(
+    store: JobStore, clock: Clock
+) -> None:
+    ids = {new(store, room=f"r{i}", run_at_s=clock.now + 5) for i in range(50)}
+    assert store.pop_due() == []
+    clock.now += 5
+    got: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def pop() -> None:
+        barrier.wait()
+        items = store.pop_due(limit=20)
+        got.extend(i for i, _room, _token in items)
+        store.dispatched(items)
+
+    threads = [threading.Thread(target=pop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got_again = [i for i, _r, _t in store.pop_due(limit=100)]
+    assert sorted(got + got_again) == sorted(ids)
+    assert len(got + got_again) == len(ids)
+    assert all(store.get(i).status is Status.QUEUED for i in ids)  # type: ignore[union-attr]
+
+
+def test_unconfirmed_dispatch_is_handed_out_again(store: JobStore, clock: Clock) -> None:
+    job_id = new(store, run_at_s=clock.now + 1)
+    clock.now += 1
+    assert [i for i, _r, _t in store.pop_due()] == [job_id]
+    assert store.pop_due() == []
+    clock.now += 31  # the dispatcher died before publishing
+    assert [i for i, _r, _t in store.pop_due()] == [job_id]
+
+
+def test_cancelled_jobs_are_never_dispatched(store: JobStore, clock: Clock) -> None:
+    job_id = new(store, run_at_s=clock.now + 1)
+    result = store.update(
+        job_id, {"status": "cancelled"}, allowed_from={Status.SCHEDULED}, clear_due=True
+    )
+    assert result.applied
+    clock.now += 2
+    assert store.pop_due() == []
+
+
+def test_delete_removes_record_indexes_and_own_idempotency_key(
+    store: JobStore, rdb: redis.Redis
+) -> None:
+    job, _ = store.create(room_id="r", request={}, idempotency_key="k")
+    store.delete(job)
+    assert rdb.keys("t:*") == []
