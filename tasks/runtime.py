@@ -40,9 +40,15 @@ def _once(name: str, build: Callable[[], T]) -> T:
 
 def reset() -> None:
     """Forget every built object (tests change the environment between runs)."""
+    from worker.app import reconfigure
+
     with _lock:
+        for built in _cache.values():
+            if isinstance(built, redis.Redis):
+                built.close()
         _cache.clear()
     settings.cache_clear()
+    reconfigure()
 
 
 def config() -> Settings:

@@ -1,0 +1,50 @@
+# Quick start: `make demo` runs the whole pipeline locally; `make test` runs the test suite.
+# Both create .venv on first use and install the project with its test extras.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench lint typecheck worker beat flower sandbox clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,demo]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/recorder demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration and not slow"
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python tests/benchmarks/run.py
+
+lint: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/mypy worker tasks
+
+worker: $(STAMP)
+	$(BIN)/celery -A worker worker --loglevel=INFO
+
+beat: $(STAMP)
+	$(BIN)/celery -A worker beat --loglevel=INFO
+
+flower: $(STAMP)
+	$(BIN)/celery -A worker flower
+
+sandbox: $(STAMP)
+	$(BIN)/recorder sandbox
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

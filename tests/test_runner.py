@@ -1,0 +1,278 @@
+"""The retry policy and outcomes of one delivery: real Runner, real Redis, real HTTP sandbox."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from tasks.client import ApiClient
+from tasks.job import Job, Status
+from tasks.ratelimit import RedisRateLimiter
+from tasks.runner import Runner
+from tasks.sandbox import SandboxServer
+from tasks.store import JobStore
+from tasks.tokens import TokenMinter
+from tests.conftest import API_KEY, SECRET
+
+MakeRunner = Callable[..., Runner]
+
+
+@pytest.fixture
+def store(rdb: redis.Redis) -> JobStore:
+    return JobStore(client=rdb, prefix="t", ttl_s=3600)
+
+
+@pytest.fixture
+def make_runner(rdb: redis.Redis, store: JobStore, sandbox: SandboxServer) -> MakeRunner:
+    def make(**overrides: Any) -> Runner:
+        minter = TokenMinter(api_key=API_KEY, secret=overrides.pop("secret", SECRET))
+        client = ApiClient(
+            base_url=sandbox.url,
+            minter=minter,
+            connect_timeout_s=1,
+            read_timeout_s=overrides.pop("read_timeout_s", 2),
+        )
+        limiter = RedisRateLimiter(
+            client=rdb, rate_per_s=overrides.pop("rate_per_s", 1000), prefix="t"
+        )
+        options: dict[str, Any] = {
+            "max_attempts": 8,
+            "backoff_max_s": 0.05,
+            "inline_wait_max_s": 3.0,
+            "lease_s": 10.0,
+            "rng": random.Random(3),
+        }
+        options.update(overrides)
+        return Runner(store=store, client=client, limiter=limiter, minter=minter, **options)
+
+    return make
+
+
+def enqueue(store: JobStore, room: str = "room-1") -> str:
+    job, _ = store.create(room_id=room, request={"roomId": room})
+    return job.id
+
+
+def job(store: JobStore, job_id: str) -> Job:
+    found = store.get(job_id)
+    assert found is not None
+    return found
+
+
+def starts(sandbox: SandboxServer) -> list[dict[str, Any]]:
+    return [c for c in sandbox.calls() if c["path"].endswith("/start")]
+
+
+def test_success_records_the_response(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    job_id = enqueue(store)
+    assert make_runner().run(job_id) == "succeeded"
+    done = job(store, job_id)
+    assert done.status is Status.SUCCEEDED and done.attempts == 1 and done.http_status == 200
+    assert done.response == "Recording started successfully"
+    assert done.finished_at is not None and done.error is None
+    assert sandbox.recording_rooms() == {"room-1"}
+
+
+def test_503_three_times_then_200_succeeds_on_the_fourth_attempt(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    sandbox.script({"status": 503}, {"status": 503}, {"status": 503})
+    job_id = enqueue(store)
+    assert make_runner().run(job_id) == "succeeded"
+    assert job(store, job_id).attempts == 4
+    assert [c["status"] for c in starts(sandbox)] == [503, 503, 503, 200]
+
+
+def test_429_retry_after_seconds_is_honoured(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    sandbox.script({"status": 429, "headers": {"Retry-After": "1"}})
+    job_id = enqueue(store)
+    assert make_runner().run(job_id) == "succeeded"
+    first, second = starts(sandbox)
+    assert second["t"] - first["t"] >= 1.0
+
+
+def test_429_retry_after_http_date_is_honoured(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    # HTTP-dates have whole seconds: 3 s ahead is at least 2 s of wait
+    when = format_datetime(datetime.fromtimestamp(time.time() + 3, UTC), usegmt=True)
+    sandbox.script({"status": 429, "headers": {"Retry-After": when}})
+    job_id = enqueue(store)
+    assert make_runner().run(job_id) == "succeeded"
+    first, second = starts(sandbox)
+    assert second["t"] - first["t"] >= 2.0
+
+
+def test_429_pauses_other_workers_too(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    sandbox.script({"status": 429, "headers": {"Retry-After": "1"}})
+    first = enqueue(store, "room-a")
+    make_runner(max_attempts=1).run(first)  # fails, but sets the shared cool-down
+    t0 = time.time()
+    other = enqueue(store, "room-b")
+    assert make_runner().run(other) == "succeeded"  # a second "worker"
+    assert starts(sandbox)[-1]["t"] - t0 >= 0.8
+
+
+def test_400_is_not_retried(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    sandbox.script({"status": 400, "body": {"message": "bad roomId"}})
+    job_id = enqueue(store)
+    assert make_runner().run(job_id) == "failed"
+    failed = job(store, job_id)
+    assert failed.attempts == 1 and failed.http_status == 400
+    assert failed.error == {"type": "invalid_params", "message": "HTTP 400: bad roomId"}
+    assert len(starts(sandbox)) == 1
+
+
+def test_404_room_not_found_fails_at_once(make_runner: MakeRunner, store: JobStore) -> None:
+    job_id = enqueue(store, "missing-room")
+    assert make_runner().run(job_id) == "failed"
+    assert job(store, job_id).error["type"] == "room_not_found"  # type: ignore[index]
+
+
+def test_attempts_are_exhausted_after_max_attempts(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    sandbox.script(*[{"status": 502}] * 5)
+    job_id = enqueue(store)
+    assert make_runner(max_attempts=3).run(job_id) == "failed"
+    failed = job(store, job_id)
+    assert failed.attempts == 3 and len(starts(sandbox)) == 3
+    assert failed.error is not None and failed.error["type"] == "server_error"
+    assert failed.error["message"].startswith("gave up after 3 attempts")
+
+
+def test_timeout_then_already_started_means_succeeded(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    # Given the first call starts the recording but answers after the client gave up
+    sandbox.script({"delay_s": 2.0, "start": True, "status": 200})
+    job_id = enqueue(store)
+    # When the retry is refused as "already started"
+    assert make_runner(read_timeout_s=0.5).run(job_id) == "succeeded"
+    # Then the job succeeded: its own first attempt started the recording
+    done = job(store, job_id)
+    assert done.attempts == 2 and done.maybe_started and done.http_status == 400
+    assert [c["status"] for c in starts(sandbox)][1] == 400
+
+
+def test_already_recording_with_no_earlier_attempt_fails(
+    make_runner: MakeRunner, store: JobStore
+) -> None:
+    first, second = enqueue(store, "room-x"), enqueue(store, "room-x")
+    runner = make_runner()
+    assert runner.run(first) == "succeeded"
+    assert runner.run(second) == "failed"
+    assert job(store, second).error["type"] == "already_recording"  # type: ignore[index]
+
+
+def test_401_re_mints_the_token_once(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    sandbox.script({"status": 401})
+    runner = make_runner()
+    job_id = enqueue(store)
+    assert runner.run(job_id) == "succeeded"
+    assert runner.minter.minted == 2 and job(store, job_id).attempts == 2
+
+
+def test_a_wrong_secret_fails_after_one_re_mint(make_runner: MakeRunner, store: JobStore) -> None:
+    job_id = enqueue(store)
+    assert make_runner(secret="wrong-" + SECRET).run(job_id) == "failed"
+    failed = job(store, job_id)
+    assert failed.attempts == 2 and failed.error["type"] == "unauthorized"  # type: ignore[index]
+
+
+def test_a_long_backoff_hands_the_job_back_instead_of_holding_the_slot(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer, rdb: redis.Redis
+) -> None:
+    sandbox.script({"status": 429, "headers": {"Retry-After": "30"}})
+    job_id = enqueue(store)
+    t0 = time.monotonic()
+    assert make_runner().run(job_id) == "deferred"
+    assert time.monotonic() - t0 < 2
+    waiting = job(store, job_id)
+    assert waiting.status is Status.RETRYING and waiting.attempts == 1
+    assert waiting.error["type"] == "rate_limited"  # type: ignore[index]
+    assert waiting.next_attempt_at is not None
+    assert rdb.zscore("t:due", job_id) is not None
+    assert rdb.get(f"t:lease:{job_id}") is None
+
+
+def test_a_rate_limit_wait_does_not_use_an_attempt(
+    make_runner: MakeRunner, store: JobStore, rdb: redis.Redis
+) -> None:
+    runner = make_runner(rate_per_s=0.1, inline_wait_max_s=0.5)
+    assert runner.run(enqueue(store, "room-a")) == "succeeded"
+    second = enqueue(store, "room-b")
+    assert runner.run(second) == "deferred"
+    waiting = job(store, second)
+    assert waiting.status is Status.QUEUED and waiting.attempts == 0
+    assert waiting.error["type"] == "rate_limit_wait"  # type: ignore[index]
+    assert 8 < rdb.zscore("t:due", second) / 1000 - time.time() <= 10  # type: ignore[operator]
+
+
+def test_a_finished_job_is_never_called_again(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    job_id = enqueue(store)
+    runner = make_runner()
+    runner.run(job_id)
+    assert runner.run(job_id) == "skipped:finished"
+    assert len(starts(sandbox)) == 1
+
+
+def test_a_cancelled_job_never_reaches_the_api(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    job_id = enqueue(store)
+    store.update(job_id, {"status": "cancelled"})
+    assert make_runner().run(job_id) == "skipped:finished"
+    assert starts(sandbox) == []
+
+
+def test_a_call_cut_short_by_a_dead_worker_counts_as_maybe_started(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    # Given a delivery died mid-call after the API had started the recording
+    job_id = enqueue(store)
+    store.update(job_id, {"status": "running", "in_flight": True}, count_attempt=True)
+    token = TokenMinter(api_key=API_KEY, secret=SECRET).token()
+    started = requests.post(
+        sandbox.url + "/v2/recordings/start",
+        json={"roomId": "room-1"},
+        headers={"Authorization": token},
+        timeout=5,
+    )
+    assert started.status_code == 200
+    # When the job is delivered again and the API refuses it as already recording
+    assert make_runner().run(job_id) == "succeeded"
+    # Then it succeeded, with the refusal as its last response
+    done = job(store, job_id)
+    assert done.attempts == 2 and done.maybe_started and done.http_status == 400
+
+
+def test_a_delivery_while_another_holds_the_job_waits_for_its_lease(
+    make_runner: MakeRunner, store: JobStore, rdb: redis.Redis, sandbox: SandboxServer
+) -> None:
+    job_id = enqueue(store)
+    assert store.claim(job_id, token="other-worker", lease_s=5).kind == "claimed"
+    assert make_runner().run(job_id) == "skipped:leased"
+    assert starts(sandbox) == []
+    due_s = rdb.zscore("t:due", job_id) / 1000  # type: ignore[operator]
+    assert 4 < due_s - time.time() <= 5.5
