@@ -20,7 +20,8 @@ from tasks.sandbox import SandboxServer
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
-TEST_DB = 11
+#: each concurrent test run (e.g. several developers on one machine) may pick its own db
+TEST_DB = int(os.environ.get("RECORDER_TEST_DB", "11"))
 API_KEY = "test-api-key"
 #: long and distinctive, so a leak into Redis or a log is easy to find
 SECRET = "s3cr3t-7f1d0c9a5be84e2f9c3a-never-log-me"
