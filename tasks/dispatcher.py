@@ -1,14 +1,21 @@
-"""Dispatcher: moves due jobs (scheduled ones, and deferred waits) from Redis onto the queue.
+"""Dispatcher: moves due jobs from Redis onto the queue, and sweeps for stranded jobs.
 
-Every worker runs one in a background thread, so retries and ``run_at`` jobs need no extra
-process; :data:`~tasks.store.POP_DUE_LUA` hands each due job to exactly one dispatcher, and a job
-whose publish is not confirmed is handed out again 30 s later rather than lost.
+Every worker (and beat) runs one in a background thread, so retries and ``run_at`` jobs need no
+extra process:
+- every ``interval_s`` it publishes due jobs (scheduled ones, and deferred waits);
+  :data:`~tasks.store.POP_DUE_LUA` hands each to exactly one dispatcher, and a job whose publish
+  is not confirmed is handed out again 30 s later rather than lost;
+- every ``sweep_interval_s`` one of them (a Redis lock) sweeps for stranded jobs: claimed by a
+  delivery whose lease expired (its worker died) or ``queued`` for longer than kombu's
+  visibility timeout with nobody working on it (its message was lost), and puts them back in
+  the due set. A worker killed mid-call thus costs its jobs at most ``lease_s`` plus one sweep.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from tasks.store import JobStore
@@ -18,10 +25,12 @@ logger = logging.getLogger(__name__)
 #: how often a dispatcher looks for due jobs; a due job waits at most this long (plus the queue).
 INTERVAL_S = 0.5
 BATCH = 200
+#: a claimed job whose lease has expired has been left alone at least this long already.
+HELD_QUIET_S = 1.0
 
 
 class Dispatcher:
-    """Publishes due jobs with ``publish(job_id, room_id)``."""
+    """Publishes due jobs with ``publish(job_id, room_id)`` and sweeps for stranded ones."""
 
     def __init__(
         self,
@@ -30,11 +39,15 @@ class Dispatcher:
         publish: Callable[[str, str], None],
         interval_s: float = INTERVAL_S,
         batch: int = BATCH,
+        sweep_interval_s: float = 10.0,
+        queued_quiet_s: float = 960.0,
     ) -> None:
         self.store = store
         self.publish = publish
         self.interval_s = interval_s
         self.batch = batch
+        self.sweep_interval_s = sweep_interval_s
+        self.queued_quiet_s = queued_quiet_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -54,6 +67,18 @@ class Dispatcher:
             if len(items) < self.batch:
                 return total
 
+    def sweep(self) -> int:
+        """If no other dispatcher swept lately, find stranded jobs; returns how many."""
+        lock = self.store.key("lock", "sweep")
+        if not self.store.client.set(lock, "1", nx=True, px=int(self.sweep_interval_s * 1000)):
+            return 0
+        found = self.store.sweep(
+            held_quiet_s=HELD_QUIET_S, queued_quiet_s=self.queued_quiet_s
+        )
+        if found:
+            logger.warning("sweeper: %d stranded job(s) put back on the queue", found)
+        return found
+
     def start(self) -> None:
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="recorder-dispatcher", daemon=True)
@@ -65,11 +90,16 @@ class Dispatcher:
             self._thread.join(timeout_s)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        next_sweep = 0.0  # sweep at once on start: a restarted worker recovers its dead jobs
+        while not self._stop.is_set():
             try:
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.sweep_interval_s
+                    self.sweep()
                 count = self.run_once()
             except Exception as exc:  # Redis down: keep trying, the jobs wait in Redis
                 logger.warning("dispatcher: %s: %s", type(exc).__name__, exc)
-                continue
-            if count:
-                logger.info("dispatcher: published %d due job(s)", count)
+            else:
+                if count:
+                    logger.info("dispatcher: published %d due job(s)", count)
+            self._stop.wait(self.interval_s)

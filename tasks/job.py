@@ -41,8 +41,9 @@ class Job:
 
     Beyond the contract: ``run_at`` (when a scheduled job is due), ``next_attempt_at`` (when a
     waiting job is tried again), ``maybe_started`` (an earlier attempt's outcome is unknown, so an
-    "already recording" answer means success), ``deliveries`` (times a worker took the job) and
-    ``schedule`` (the recurring schedule that created it).
+    "already recording" answer means success), ``deliveries`` (times a worker took the job),
+    ``lost_deliveries`` (deliveries whose worker died before finishing) and ``schedule`` (the
+    recurring schedule that created it).
     """
 
     id: str
@@ -62,6 +63,7 @@ class Job:
     maybe_started: bool = False
     in_flight: bool = False
     deliveries: int = 0
+    lost_deliveries: int = 0
     schedule: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 

@@ -27,7 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+import redis
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from tasks.client import ApiClient, ApiResponse
 from tasks.errors import AlreadyRecording, ApiError, Deferred, TokenRejected
@@ -44,6 +53,45 @@ STARTABLE = frozenset({Status.QUEUED, Status.RETRYING, Status.RUNNING})
 NOT_FINISHED = frozenset({Status.SCHEDULED, Status.QUEUED, Status.RUNNING, Status.RETRYING})
 #: short cool-downs are waited out in place at most this many times before the job is deferred.
 MAX_INLINE_LIMITER_WAITS = 20
+
+
+#: store writes that end a step (retrying, deferred, finished) are retried through a Redis
+#: restart; without them the job would wait for the sweeper after its lease expired.
+STORE_RETRY = Retrying(
+    retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
+    stop=stop_after_delay(30),
+    wait=wait_exponential(multiplier=0.1, max=2),
+    reraise=True,
+)
+
+
+def holder_is_dead(holder: str, *, host: str) -> bool:
+    """True only for a lease token of a process on this host that no longer runs."""
+    parts = holder.rsplit(":", 3)
+    if len(parts) != 4 or parts[0] != host or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in {"Z", "X"}  # zombie or dead
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _already_applied(job: Job | None, patch: dict[str, Any]) -> bool:
+    """A retried write whose first try landed (its reply was lost) finds its own result."""
+    return job is not None and "status" in patch and job.status.value == patch["status"]
 
 
 class LeaseLost(Exception):
@@ -69,6 +117,7 @@ class Runner:
         limiter: RedisRateLimiter,
         minter: TokenMinter,
         max_attempts: int,
+        max_lost_deliveries: int = 3,
         backoff_max_s: float,
         inline_wait_max_s: float,
         lease_s: float,
@@ -80,6 +129,7 @@ class Runner:
         self.limiter = limiter
         self.minter = minter
         self.max_attempts = max_attempts
+        self.max_lost_deliveries = max_lost_deliveries
         self.backoff_max_s = backoff_max_s
         self.inline_wait_max_s = inline_wait_max_s
         self.lease_s = lease_s
@@ -91,6 +141,13 @@ class Runner:
         """Run one delivery; returns a word for logs: succeeded, failed, deferred, or skipped:…"""
         token = f"{self._host}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
         claim = self.store.claim(job_id, token=token, lease_s=self.lease_s)
+        if claim.kind == "leased" and holder_is_dead(claim.holder, host=self._host):
+            # e.g. a prefork child killed mid-call: its message came straight back, and waiting
+            # out its lease would only delay the job
+            logger.warning("job %s: taking over from dead holder %s", job_id, claim.holder)
+            claim = self.store.claim(
+                job_id, token=token, lease_s=self.lease_s, take_over_from=claim.holder
+            )
         if claim.kind == "leased":
             # Another delivery holds the job (or held it and died): look again when its lease ends.
             self.store.update(
@@ -115,6 +172,14 @@ class Runner:
             return "skipped:lease_lost"
 
     def _deliver(self, state: _Delivery) -> str:
+        if state.job.lost_deliveries >= self.max_lost_deliveries:
+            return self._finish_failed(
+                state,
+                None,
+                f"the worker died {state.job.lost_deliveries} times while running this job; "
+                "it is not tried again (a poison job?)",
+                error_type="worker_lost",
+            )
         remaining = self.max_attempts - self._attempts_used(state.job)
         if remaining <= 0:
             return self._finish_failed(state, None, "attempts exhausted before this delivery")
@@ -277,9 +342,16 @@ class Runner:
         self._apply(state, patch, allowed_from=STARTABLE, release_lease=True, clear_due=True)
         return "succeeded"
 
-    def _finish_failed(self, state: _Delivery, exc: ApiError | None, note: str | None) -> str:
+    def _finish_failed(
+        self,
+        state: _Delivery,
+        exc: ApiError | None,
+        note: str | None,
+        *,
+        error_type: str = "attempts_exhausted",
+    ) -> str:
         if exc is None:
-            error = {"type": "attempts_exhausted", "message": note or ""}
+            error = {"type": error_type, "message": note or ""}
         else:
             error = exc.to_record()
             if exc.retryable:
@@ -299,8 +371,11 @@ class Runner:
         return "failed"
 
     def _apply(self, state: _Delivery, patch: dict[str, Any], **kwargs: Any) -> None:
-        result = self.store.update(state.job.id, patch, lease_token=state.token, **kwargs)
-        if not result.applied:
+        """Write a change under our lease, riding out a Redis restart of up to half a minute."""
+        result = STORE_RETRY(
+            self.store.update, state.job.id, patch, lease_token=state.token, **kwargs
+        )
+        if not result.applied and not _already_applied(result.job, patch):
             raise LeaseLost(result.reason)
         assert result.job is not None
         state.job = result.job

@@ -96,6 +96,7 @@ def runner() -> Runner:
             limiter=limiter(),
             minter=minter,
             max_attempts=s.max_attempts,
+            max_lost_deliveries=s.max_lost_deliveries,
             backoff_max_s=s.backoff_max_s,
             inline_wait_max_s=s.inline_wait_max_s,
             lease_s=s.lease_s,

@@ -12,12 +12,15 @@ key                         type    holds
 ``{p}:status:{status}``     zset    job ids in that status, by creation time
 ``{p}:due``                 zset    job ids waiting for a time (scheduled, or deferred), by due ms
 ``{p}:lease:{id}``          string  the token of the delivery working on the job; short PX
+``{p}:held``                zset    ids of jobs a delivery has claimed and not released, by ms
 ==========================  ======  ============================================================
 
 Index members whose records have expired are trimmed whenever an index is written (by score:
 the creation time is older than ``ttl_s``) and skipped when read, so no index outlives its jobs.
-Records carry two bookkeeping fields the API never shows: ``_ts`` (creation ms, the index score)
-and ``_due`` (ms; set while the job waits in ``{p}:due``).
+Records carry bookkeeping fields the API never shows: ``_ts`` (creation ms, the index score),
+``_due`` (ms; set while the job waits in ``{p}:due``), ``_touched`` (ms of the last change),
+``_holder`` (the lease token of the delivery working on it; left set by a delivery that died),
+``_swept`` (ms the sweeper last found it stranded) and ``_base`` (attempts before a replay).
 
 Every change goes through :data:`UPDATE_LUA`, which checks the current status against the
 statuses the change may start from; that is how a late ``running`` never overwrites
@@ -88,6 +91,13 @@ elseif ARGV[7] ~= '' then
   rec._due = tonumber(ARGV[7])
   redis.call('ZADD', ARGV[1] .. ':due', ARGV[7], ARGV[2])
 end
+if ARGV[8] == 'release' then
+  if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
+  rec._holder = nil
+  redis.call('ZREM', ARGV[1] .. ':held', ARGV[2])
+elseif ARGV[8] ~= '' then
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
+end
 local out = cjson.encode(rec)
 redis.call('SET', KEYS[1], out, 'KEEPTTL')
 if rec.status ~= old then
@@ -96,17 +106,15 @@ if rec.status ~= old then
   redis.call('ZADD', index, rec._ts, ARGV[2])
   redis.call('ZREMRANGEBYSCORE', index, '-inf', ARGV[9])
 end
-if ARGV[8] == 'release' then
-  if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
-elseif ARGV[8] ~= '' then
-  redis.call('PEXPIRE', KEYS[2], ARGV[8])
-end
 return {1, out}
 """
 
-# KEYS[1] job, KEYS[2] lease
-# ARGV[1] lease token, ARGV[2] lease ms, ARGV[3] now ms
-# Returns {kind, record, lease pttl}: kind is claimed, finished, not_due, leased or missing.
+# KEYS[1] job, KEYS[2] lease, KEYS[3] held
+# ARGV[1] lease token, ARGV[2] lease ms, ARGV[3] now ms, ARGV[4] token of a holder known to be
+# dead, whose lease may be taken over ("" = none), ARGV[5] job id
+# Returns {kind, record, lease pttl, holder}: kind is claimed, finished, not_due, leased or
+# missing. A claim that finds ``_holder`` still set knows the last delivery died without
+# finishing (a killed worker): it counts it in ``lost_deliveries``.
 CLAIM_LUA = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'missing'} end
@@ -116,9 +124,15 @@ if s == 'succeeded' or s == 'failed' or s == 'cancelled' then return {'finished'
 if s == 'scheduled' or (rec._due and rec._due > tonumber(ARGV[3])) then
   return {'not_due', raw}
 end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {'leased', raw, redis.call('PTTL', KEYS[2])}
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  if holder ~= ARGV[4] then return {'leased', raw, redis.call('PTTL', KEYS[2]), holder} end
+  redis.call('DEL', KEYS[2])
 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
+if rec._holder then rec.lost_deliveries = (rec.lost_deliveries or 0) + 1 end
+rec._holder = ARGV[1]
 rec.deliveries = (rec.deliveries or 0) + 1
 local out = cjson.encode(rec)
 redis.call('SET', KEYS[1], out, 'KEEPTTL')
@@ -150,6 +164,7 @@ for _, id in ipairs(ids) do
       rec.updated_at = ARGV[5]
     end
     rec._due = nil
+    rec._touched = tonumber(ARGV[1])
     redis.call('SET', key, cjson.encode(rec), 'KEEPTTL')
     table.insert(out, id)
     table.insert(out, rec.room_id)
@@ -169,6 +184,41 @@ end
 return 1
 """
 
+# KEYS[1] due, KEYS[2] held; ARGV[1] prefix, ARGV[2] now ms, ARGV[3] ms a job whose holder
+# vanished must have been left alone, ARGV[4] the same for a job nobody claimed, ARGV[5..] ids
+# A job is stranded when it is not finished, nobody holds its lease and it is not waiting in the
+# due set, and either a delivery claimed it and died (``_holder`` is still set: a killed worker)
+# or nothing has happened to it for ARGV[4] ms (its message was lost; a queued job may simply
+# wait in a long broker queue, so ARGV[4] is past kombu's visibility timeout). Each stranded
+# job is put in the due set for the dispatcher and marked ``_swept``, so it is not put there
+# again before that time has passed once more.
+SWEEP_LUA = """
+local now = tonumber(ARGV[2])
+local found = 0
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local key = ARGV[1] .. ':job:' .. id
+  local raw = redis.call('GET', key)
+  local rec = raw and cjson.decode(raw)
+  local live = rec and (rec.status == 'queued' or rec.status == 'running'
+                        or rec.status == 'retrying')
+  if not live or not rec._holder then redis.call('ZREM', KEYS[2], id) end
+  if live and not rec._due and redis.call('EXISTS', ARGV[1] .. ':lease:' .. id) == 0 then
+    local quiet = tonumber(ARGV[4])
+    if rec._holder then quiet = tonumber(ARGV[3]) end
+    local since = math.max(rec._swept or 0, rec._touched or rec._ts)
+    if since < now - quiet then
+      rec._swept = now
+      rec._due = now
+      redis.call('ZADD', KEYS[1], now, id)
+      redis.call('SET', key, cjson.encode(rec), 'KEEPTTL')
+      found = found + 1
+    end
+  end
+end
+return found
+"""
+
 #: a dispatched job not confirmed as published within this long is dispatched again.
 REDISPATCH_MS = 30_000
 
@@ -180,6 +230,7 @@ class Claim:
     kind: str  # claimed | finished | not_due | leased | missing
     job: Job | None
     lease_ttl_s: float = 0.0
+    holder: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +262,7 @@ class JobStore:
         self._claim = client.register_script(CLAIM_LUA)
         self._pop_due = client.register_script(POP_DUE_LUA)
         self._dispatched = client.register_script(DISPATCHED_LUA)
+        self._sweep = client.register_script(SWEEP_LUA)
 
     def key(self, kind: str, name: str = "") -> str:
         """The one place Redis keys are built: ``{prefix}:{kind}[:{name}]``."""
@@ -317,7 +369,7 @@ class JobStore:
         ``lease_token`` the change applies only while that token holds the job's lease.
         """
         now = self.clock()
-        patch = {**patch, "updated_at": utc_iso(now)}
+        patch = {**patch, "updated_at": utc_iso(now), "_touched": int(now * 1000)}
         if "status" in patch and Status(patch["status"]).terminal:
             patch.setdefault("finished_at", patch["updated_at"])
         allowed = "" if allowed_from is None else " " + " ".join(s.value for s in allowed_from) + " "
@@ -344,16 +396,47 @@ class JobStore:
         reason = result[1].decode()
         return Update(False, Job.from_record(result[2]) if len(result) > 2 else None, reason)
 
-    def claim(self, job_id: str, *, token: str, lease_s: float) -> Claim:
-        """Take the job's lease for one delivery, unless it is finished, not due or leased."""
+    def claim(
+        self, job_id: str, *, token: str, lease_s: float, take_over_from: str = ""
+    ) -> Claim:
+        """Take the job's lease for one delivery, unless it is finished, not due or leased.
+
+        ``take_over_from`` names a lease holder known to be dead, whose lease may be taken.
+        """
         result = self._claim(
-            keys=[self.key("job", job_id), self.key("lease", job_id)],
-            args=[token, int(lease_s * 1000), int(self.clock() * 1000)],
+            keys=[self.key("job", job_id), self.key("lease", job_id), self.key("held")],
+            args=[token, int(lease_s * 1000), int(self.clock() * 1000), take_over_from, job_id],
         )
         kind = result[0].decode()
         job = Job.from_record(result[1]) if len(result) > 1 else None
-        lease_ttl_s = max(int(result[2]), 0) / 1000 if len(result) > 2 else 0.0
-        return Claim(kind, job, lease_ttl_s)
+        if kind != "leased":
+            return Claim(kind, job)
+        return Claim(kind, job, max(int(result[2]), 0) / 1000, result[3].decode())
+
+    def sweep(self, *, held_quiet_s: float, queued_quiet_s: float, limit: int = 1000) -> int:
+        """Find stranded jobs (see :data:`SWEEP_LUA`) and put them in the due set."""
+        now = self.clock()
+        ids: list[bytes] = self.client.zrange(self.key("held"), 0, limit - 1)
+        ids += self.client.zrange(self.key("status", Status.RETRYING.value), 0, limit - 1)
+        # queued jobs are indexed by creation time: only old ones can have been left alone
+        cutoff_ms = int((now - queued_quiet_s) * 1000)
+        ids += self.client.zrangebyscore(
+            self.key("status", Status.QUEUED.value), "-inf", cutoff_ms, start=0, num=limit
+        )
+        if not ids:
+            return 0
+        return int(
+            self._sweep(
+                keys=[self.key("due"), self.key("held")],
+                args=[
+                    self.prefix,
+                    int(now * 1000),
+                    int(held_quiet_s * 1000),
+                    int(queued_quiet_s * 1000),
+                    *dict.fromkeys(ids),
+                ],
+            )
+        )
 
     def pop_due(self, *, limit: int = 100) -> list[tuple[str, str, int]]:
         """Take up to ``limit`` due jobs: ``(id, room_id, token)``; confirm with ``dispatched``."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -101,10 +103,12 @@ def recorder_env(
 class WorkerProcess:
     """A real ``celery -A worker worker`` subprocess, its output captured to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, *args: str, app: str = "worker"
+    ) -> None:
         self.log_path = log_path
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO"]
+        cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel=INFO"]
         cmd += ["--without-mingle", "--without-gossip", *args]
         self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
@@ -146,12 +150,68 @@ def start_worker(
     """Start real worker processes (stopped at teardown): ``start_worker(*args, **env)``."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, **env: str) -> WorkerProcess:
+    def start(*args: str, app: str = "worker", **env: str) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
-        worker = WorkerProcess({**recorder_env, **env}, log, *args)
+        worker = WorkerProcess({**recorder_env, **env}, log, *args, app=app)
         started.append(worker)
         return worker.wait_ready()
 
     yield start
     for worker in started:
         worker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, to stop, kill and restart at will."""
+
+    def __init__(self, workdir: Path, *, appendonly: bool = True) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--dir", str(self.workdir), "--save", "", "--maxmemory-policy", "noeviction"]
+        cmd += ["--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                return False
+
+        wait_for(answers, timeout_s=10)
+        client.close()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        self.stop(sig)
+        self.start()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop(signal.SIGKILL)

@@ -191,3 +191,44 @@ def test_delete_removes_record_indexes_and_own_idempotency_key(
     job, _ = store.create(room_id="r", request={}, idempotency_key="k")
     store.delete(job)
     assert rdb.keys("t:*") == []
+
+
+def test_sweep_finds_a_claimed_job_whose_holder_died(
+    store: JobStore, clock: Clock, rdb: redis.Redis
+) -> None:
+    job_id = new(store)
+    store.claim(job_id, token="host:1:2:dead", lease_s=5)
+    assert store.sweep(held_quiet_s=1, queued_quiet_s=900) == 0, "the lease is live"
+    rdb.delete(f"t:lease:{job_id}")  # as its expiry would
+    clock.now += 2
+    assert store.sweep(held_quiet_s=1, queued_quiet_s=900) == 1
+    assert [i for i, _r, _t in store.pop_due()] == [job_id]
+    again = store.claim(job_id, token="host:3:4:new", lease_s=5)
+    assert again.kind == "claimed" and again.job is not None
+    assert again.job.lost_deliveries == 1 and again.job.deliveries == 2
+
+
+def test_sweep_republishes_a_queued_job_only_after_the_quiet_period_and_once(
+    store: JobStore, clock: Clock
+) -> None:
+    job_id = new(store)
+    assert store.sweep(held_quiet_s=1, queued_quiet_s=900) == 0
+    clock.now += 901
+    assert store.sweep(held_quiet_s=1, queued_quiet_s=900) == 1
+    store.dispatched(store.pop_due())
+    clock.now += 10
+    assert store.sweep(held_quiet_s=1, queued_quiet_s=900) == 0
+    clock.now += 901
+    assert store.sweep(held_quiet_s=1, queued_quiet_s=900) == 1, "still lost: once more"
+    assert job_id
+
+
+def test_sweep_leaves_finished_and_released_jobs_alone(
+    store: JobStore, clock: Clock, rdb: redis.Redis
+) -> None:
+    job_id = new(store)
+    store.claim(job_id, token="a", lease_s=5)
+    store.update(job_id, {"status": "succeeded"}, lease_token="a", release_lease=True)
+    assert rdb.zcard("t:held") == 0
+    clock.now += 10_000
+    assert store.sweep(held_quiet_s=1, queued_quiet_s=900) == 0

@@ -52,6 +52,8 @@ class Settings:
     rate_per_s: float = 10.0
     rate_burst: int = 1
     max_attempts: int = 8
+    max_lost_deliveries: int = 3
+    sweep_interval_s: float = 10.0
     backoff_max_s: float = 60.0
     retry_after_max_s: float = 3600.0
     job_ttl_s: int = 30 * 24 * 3600
@@ -71,7 +73,7 @@ class Settings:
         Longer than the longest single step a worker takes while holding it: an inline wait plus
         one HTTP call with both timeouts, plus a margin. The lease is renewed at every attempt.
         """
-        return self.inline_wait_max_s + self.connect_timeout_s + self.read_timeout_s + 10.0
+        return self.inline_wait_max_s + self.connect_timeout_s + self.read_timeout_s + 5.0
 
     def require_credentials(self) -> tuple[str, Secret]:
         """The API key and secret, or ConfigurationError with a one-line reason."""
@@ -97,6 +99,8 @@ class Settings:
             rate_per_s=parse_rate(rate_limit),
             rate_burst=_number(env, "RECORDER_RATE_BURST", 1, int, minimum=1),
             max_attempts=_number(env, "RECORDER_MAX_ATTEMPTS", 8, int, minimum=1),
+            max_lost_deliveries=_number(env, "RECORDER_MAX_LOST_DELIVERIES", 3, int, minimum=1),
+            sweep_interval_s=_number(env, "RECORDER_SWEEP_INTERVAL", 10.0, float, minimum=0.2),
             backoff_max_s=_number(env, "RECORDER_BACKOFF_MAX", 60.0, float, minimum=0.0),
             job_ttl_s=_number(env, "RECORDER_JOB_TTL", 30 * 24 * 3600, int, minimum=60),
             connect_timeout_s=_number(env, "RECORDER_CONNECT_TIMEOUT", 5.0, float, minimum=0.1),

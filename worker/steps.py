@@ -6,15 +6,50 @@ import logging
 import sys
 from typing import Any
 
+import redis
 from celery import bootsteps
+from kombu.transport import redis as kombu_redis
 from celery.signals import worker_init
 
 from tasks import runtime
 from tasks.dispatcher import Dispatcher as DueDispatcher
 from tasks.errors import ConfigurationError
 from tasks.producer import publish
+from worker.config import VISIBILITY_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
+
+
+def guard_restore_unacked() -> None:
+    """Keep a worker alive when kombu fails to hand back its unacked messages on a Redis loss.
+
+    kombu 5.x can raise ``AttributeError: 'NoneType' object has no attribute 'hostname'`` from
+    ``QoS.restore_unacked`` while Redis restarts (kombu#970, #582); uncaught, it ends the worker
+    with "Unrecoverable error". The messages stay in kombu's unacked index, which the periodic
+    ``restore_visible`` sweep returns to the queue after the visibility timeout, and our own
+    sweeper re-publishes their jobs sooner; so logging and carrying on loses nothing.
+    """
+    original = kombu_redis.QoS.restore_unacked
+    if getattr(original, "_recorder_guarded", False):
+        return
+
+    def restore_unacked(self: Any, client: Any = None) -> Any:
+        try:
+            return original(self, client)
+        except (AttributeError, redis.RedisError) as exc:
+            logger.warning(
+                "kombu could not restore unacked messages (%s: %s); they return after the "
+                "visibility timeout, and the sweeper re-publishes their jobs",
+                type(exc).__name__,
+                exc,
+            )
+            return None
+
+    restore_unacked._recorder_guarded = True  # type: ignore[attr-defined]
+    kombu_redis.QoS.restore_unacked = restore_unacked
+
+
+guard_restore_unacked()
 
 
 @worker_init.connect
@@ -37,7 +72,12 @@ class Dispatcher(bootsteps.StartStopStep):
         self.dispatcher: DueDispatcher | None = None
 
     def start(self, parent: Any) -> None:
-        self.dispatcher = DueDispatcher(store=runtime.store(), publish=publish)
+        self.dispatcher = DueDispatcher(
+            store=runtime.store(),
+            publish=publish,
+            sweep_interval_s=runtime.config().sweep_interval_s,
+            queued_quiet_s=VISIBILITY_TIMEOUT_S + 60,
+        )
         self.dispatcher.start()
 
     def stop(self, parent: Any) -> None:
