@@ -64,6 +64,7 @@ class Faults:
     latency_jitter_s: float = 0.0  # plus uniform(0, jitter) on every start
     error_rate: float = 0.0  # answered 500/502/503, not started
     rate_limit_per_s: float | None = None  # excess answered 429
+    too_many_rate: float = 0.0  # answered 429 at random, whatever the rate
     retry_after_s: float | None = 1.0  # None: 429s carry no Retry-After
     timeout_rate: float = 0.0  # started, but answered only after hang_s
     hang_s: float = 30.0
@@ -357,6 +358,7 @@ class SandboxServer:
         faults, rng = self.faults, self._rng
         with self._lock:  # one acquisition for all draws keeps a seeded run repeatable
             limited = not self._take_token(faults.rate_limit_per_s)
+            limited = limited or rng.random() < faults.too_many_rate
             error_status = rng.choice(_ERROR_STATUSES) if rng.random() < faults.error_rate else 0
             hang = rng.random() < faults.timeout_rate
             delay_s = faults.latency_s + rng.uniform(0, faults.latency_jitter_s)
@@ -440,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--error-rate", type=float, default=0.0, help="fraction answered 5xx")
     parser.add_argument("--rate-limit", type=_rate, default=None, help="e.g. 20/s; excess: 429")
+    parser.add_argument("--too-many-rate", type=float, default=0.0, help="fraction answered 429")
     parser.add_argument("--retry-after", type=float, default=1.0, help="s; negative: no header")
     parser.add_argument("--timeout-rate", type=float, default=0.0, help="fraction answered late")
     parser.add_argument("--hang-s", type=float, default=30.0)
@@ -450,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_jitter_s=args.jitter_ms / 1000,
         error_rate=args.error_rate,
         rate_limit_per_s=args.rate_limit,
+        too_many_rate=args.too_many_rate,
         retry_after_s=None if args.retry_after < 0 else args.retry_after,
         timeout_rate=args.timeout_rate,
         hang_s=args.hang_s,

@@ -372,3 +372,15 @@ def test_start_with_valid_options_succeeds(start):
     options = {"config": {"layout": {"type": "GRID", "gridSize": 4}, "quality": "high"}}
 
     assert start(json={"roomId": "room-1", **options}).status_code == 200
+
+
+def test_too_many_rate_answers_429_at_random_without_starting() -> None:
+    with SandboxServer(api_key=API_KEY, secret=SECRET, faults=Faults(too_many_rate=1.0)) as server:
+        resp = requests.post(
+            server.url + "/v2/recordings/start",
+            json={"roomId": "r1"},
+            headers={"Authorization": make_token()},
+            timeout=5,
+        )
+        assert resp.status_code == 429 and resp.headers["Retry-After"] == "1"
+        assert server.recording_rooms() == set()

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts run by hand (``python tests/benchmarks/<name>.py``), never by pytest."""
