@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
+from tasks.connections import parse_sentinel_url
 from tasks.errors import ConfigurationError
 
 DEFAULT_API_BASE = "https://api.videosdk.live"
@@ -21,6 +23,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+#: ``RECORDER_LOG_FORMAT``: ``json`` is one JSON object per line (see ``tasks.logs``).
+LOG_FORMATS = ("text", "json")
 
 
 class Secret(str):
@@ -65,6 +69,9 @@ class Settings:
     sentinel_master: str | None = None
     log_format: str = "text"
     key_prefix: str = "recorder"
+    queue: str = "recorder"
+    beat_max_interval_s: float = 5.0
+    beat_lock_timeout_s: int = 25
 
     @property
     def lease_s(self) -> float:
@@ -90,6 +97,15 @@ class Settings:
         """Read and check every variable; raises ConfigurationError naming the bad one."""
         env = os.environ if env is None else env
         rate_limit = env.get("RECORDER_RATE_LIMIT", "10/s")
+        beat_max_interval_s = _number(env, "RECORDER_BEAT_MAX_INTERVAL", 5.0, float, minimum=0.1)
+        beat_lock_timeout_s = _number(env, "RECORDER_BEAT_LOCK_TIMEOUT", 25, int, minimum=1)
+        if beat_lock_timeout_s < 2 * beat_max_interval_s:
+            # the active beat extends its lock once a tick: a lock that can expire between two
+            # ticks lets a standby fire beside it (redbeat#129)
+            raise ConfigurationError(
+                "RECORDER_BEAT_LOCK_TIMEOUT must be at least twice RECORDER_BEAT_MAX_INTERVAL, "
+                f"got {beat_lock_timeout_s} and {beat_max_interval_s:g}"
+            )
         return cls(
             redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
             api_base=env.get("VIDEOSDK_API_BASE", DEFAULT_API_BASE).rstrip("/"),
@@ -109,8 +125,11 @@ class Settings:
             worker_pool=env.get("RECORDER_POOL", "threads"),
             worker_concurrency=_number(env, "RECORDER_CONCURRENCY", 32, int, minimum=1),
             sentinel_master=env.get("REDIS_SENTINEL_MASTER") or None,
-            log_format=env.get("RECORDER_LOG_FORMAT", "text").lower(),
+            log_format=_choice(env, "RECORDER_LOG_FORMAT", "text", LOG_FORMATS),
             key_prefix=env.get("RECORDER_KEY_PREFIX", "recorder"),
+            queue=env.get("RECORDER_QUEUE", QUEUE),
+            beat_max_interval_s=beat_max_interval_s,
+            beat_lock_timeout_s=beat_lock_timeout_s,
         )
 
 
@@ -129,6 +148,13 @@ def _read_secret(env: Mapping[str, str]) -> Secret | None:
     if not text:
         raise ConfigurationError(f"VIDEOSDK_SECRET_FILE={path} is empty")
     return Secret(text)
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in allowed:
+        raise ConfigurationError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 N = TypeVar("N", int, float)
@@ -180,6 +206,7 @@ def celery_config(s: Settings) -> dict[str, object]:
     return {
         "broker_url": s.redis_url,
         "broker_transport_options": transport,
+        **_tls_config(s),
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "broker_heartbeat": 0,
@@ -199,7 +226,7 @@ def celery_config(s: Settings) -> dict[str, object]:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_send_sent_event": True,
         "worker_send_task_events": True,
-        "task_default_queue": QUEUE,
+        "task_default_queue": s.queue,
         # a producer whose Redis is down gets an error within about 2 s, not a hang
         "task_publish_retry_policy": {
             "max_retries": 3,
@@ -211,4 +238,47 @@ def celery_config(s: Settings) -> dict[str, object]:
         "timezone": "UTC",
         "enable_utc": True,
         "include": ["tasks.recording"],
+        **_beat_config(s),
+    }
+
+
+def _tls_config(s: Settings) -> dict[str, object]:
+    """Verify the server's certificate on a ``rediss://`` URL unless the URL says otherwise.
+
+    redis-py (our store, limiter and redbeat) requires a valid certificate by default, but kombu
+    falls back to *no* verification when a rediss URL has no ``ssl_cert_reqs``; this makes the
+    broker connection as strict as the others. ``ssl_*`` options in the URL replace these.
+    """
+    if not s.redis_url.startswith("rediss://"):
+        return {}
+    return {"broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
+
+
+def _beat_config(s: Settings) -> dict[str, object]:
+    """Beat: redbeat in our Redis, under our prefix; see ``worker.schedule`` for the timings.
+
+    The active beat extends its lock every tick (at most ``beat_max_interval_s`` apart) to
+    ``beat_lock_timeout_s``; a standby takes over within the sum of the two after it dies.
+    redbeat keeps no local file, so beat writes no ``celerybeat-schedule`` anywhere.
+    """
+    options: dict[str, object] = {
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 10,
+    }
+    url = s.redis_url
+    if s.sentinel_master:
+        # redbeat spells Sentinel differently from kombu: a redis-sentinel:// URL plus options
+        hosts, password, db = parse_sentinel_url(s.redis_url)
+        url = "redis-sentinel://"
+        options.update(
+            sentinels=hosts, service_name=s.sentinel_master, db=db, password=password
+        )
+    return {
+        "beat_scheduler": "worker.schedule:RecorderScheduler",
+        "beat_max_loop_interval": s.beat_max_interval_s,
+        "redbeat_redis_url": url,
+        "redbeat_redis_options": options,
+        "redbeat_key_prefix": f"{s.key_prefix}:redbeat:",
+        "redbeat_lock_timeout": s.beat_lock_timeout_s,
     }
