@@ -345,7 +345,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--jobs", type=int, default=20, metavar="N", help="jobs to enqueue (default 20)")
     add("--timeout", type=float, default=60.0, metavar="S", help="longest wait (default 60)")
-    add("--redis-url", metavar="URL", help="use this Redis, in a database no worker uses")
+    add("--redis-url", metavar="URL", help="use this Redis (default: REDIS_URL if it answers)")
     add("--error-rate", type=float, default=0.15, metavar="F", help="sandbox 5xx share (0.15)")
     add("--rate-limit", default="20/s", metavar="N/s", help="RECORDER_RATE_LIMIT (20/s)")
     add("--concurrency", type=int, default=8, metavar="N", help="worker threads (8)")
