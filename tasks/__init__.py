@@ -1,6 +1,7 @@
 """videosdk-recorder: start VideoSDK cloud recordings reliably.
 
-The public Python API (see README and CONTRACT): enqueue, look up, cancel and replay jobs.
+The public Python API (see README and CONTRACT): enqueue, look up, cancel and replay jobs, and
+manage recurring schedules.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from tasks.errors import (
 )
 from tasks.job import Job, Status
 from tasks.producer import cancel_job, enqueue_recording, get_job, list_jobs, retry_job
+from tasks.schedules import (
+    Schedule,
+    add_schedule,
+    get_schedule,
+    list_schedules,
+    remove_schedule,
+)
 
 __all__ = [
     "BrokerUnavailable",
@@ -21,11 +29,16 @@ __all__ = [
     "Job",
     "JobNotFound",
     "RecorderError",
+    "Schedule",
     "Status",
     "ValidationError",
+    "add_schedule",
     "cancel_job",
     "enqueue_recording",
     "get_job",
+    "get_schedule",
     "list_jobs",
+    "list_schedules",
+    "remove_schedule",
     "retry_job",
 ]

@@ -25,6 +25,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from tasks import cli_format as fmt
+from tasks import cli_schedule
 from tasks import runtime
 from tasks.cli_format import (
     BadUsage,
@@ -326,6 +327,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("stats", "jobs per status, due jobs, queue depth, rate limit", _configure_stats),
     Command("limits", "the shared rate limiter's state", _configure_limits),
     Command("health", "exit 0 when Redis answers and a worker replies", _configure_health),
+    Command("schedule", cli_schedule.HELP, cli_schedule.configure),
 )
 
 
