@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import redis
@@ -100,16 +100,15 @@ def recorder_env(
     runtime.reset()
 
 
-class WorkerProcess:
-    """A real ``celery -A worker worker`` subprocess, its output captured to a file."""
+class CeleryProcess:
+    """A real ``celery -A APP KIND`` subprocess (worker, beat, flower), output to a file."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, *args: str, app: str = "worker"
+        self, kind: str, env: dict[str, str], log_path: Path, *args: str, app: str = "worker"
     ) -> None:
         self.log_path = log_path
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel=INFO"]
-        cmd += ["--without-mingle", "--without-gossip", *args]
+        cmd = [sys.executable, "-m", "celery", "-A", app, kind, "--loglevel=INFO", *args]
         self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
@@ -122,13 +121,15 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout_s: float = 30.0) -> WorkerProcess:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log()}")
-            return "ready." in self.log()
+    def wait_for_log(self, text: str, timeout_s: float = 30.0) -> Self:
+        """Wait until ``text`` appears in the output; fail if the process exits first."""
 
-        wait_for(ready, timeout_s=timeout_s, interval_s=0.1)
+        def seen() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"process exited {self.proc.returncode}:\n{self.log()}")
+            return text in self.log()
+
+        wait_for(seen, timeout_s=timeout_s, interval_s=0.1)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
@@ -141,6 +142,20 @@ class WorkerProcess:
                 self.proc.wait(5)
         self._log.close()
         return self.proc.returncode
+
+
+class WorkerProcess(CeleryProcess):
+    """A real ``celery -A worker worker`` subprocess."""
+
+    def __init__(
+        self, env: dict[str, str], log_path: Path, *args: str, app: str = "worker"
+    ) -> None:
+        super().__init__(
+            "worker", env, log_path, "--without-mingle", "--without-gossip", *args, app=app
+        )
+
+    def wait_ready(self, timeout_s: float = 30.0) -> WorkerProcess:
+        return self.wait_for_log("ready.", timeout_s)
 
 
 @pytest.fixture

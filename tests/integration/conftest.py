@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import CeleryProcess
 
 #: beat timings for tests: a standby takes over within LOCK + MAX_INTERVAL seconds.
 BEAT_MAX_INTERVAL_S = 1
@@ -22,44 +18,15 @@ BEAT_ENV = {
 }
 
 
-class BeatProcess:
-    """A real ``celery -A worker beat`` subprocess (no scheduler flags), output to a file."""
+class BeatProcess(CeleryProcess):
+    """A real ``celery -A worker beat`` subprocess (no scheduler flags)."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel=INFO"]
-        self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__("beat", env, log_path)
 
     @property
     def leading(self) -> bool:
         return "beat: Acquired lock" in self.log()
-
-    def wait_for_log(self, text: str, timeout_s: float = 30.0) -> BeatProcess:
-        def seen() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"beat exited {self.proc.returncode}:\n{self.log()}")
-            return text in self.log()
-
-        wait_for(seen, timeout_s=timeout_s, interval_s=0.1)
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture
