@@ -38,6 +38,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from tasks import metrics
 from tasks.client import ApiClient, ApiResponse
 from tasks.errors import AlreadyRecording, ApiError, Deferred, TokenRejected
 from tasks.job import Job, Status, utc_iso
@@ -53,6 +54,9 @@ STARTABLE = frozenset({Status.QUEUED, Status.RETRYING, Status.RUNNING})
 NOT_FINISHED = frozenset({Status.SCHEDULED, Status.QUEUED, Status.RUNNING, Status.RETRYING})
 #: short cool-downs are waited out in place at most this many times before the job is deferred.
 MAX_INLINE_LIMITER_WAITS = 20
+#: a thread that wakes later than half an emission interval (and at least this) after its
+#: reserved slot asks for a new one instead of calling late.
+LATE_WAKE_MIN_S = 0.005
 
 
 #: store writes that end a step (retrying, deferred, finished) are retried through a Redis
@@ -217,6 +221,7 @@ class Runner:
                 "in_flight": True,
                 "maybe_started": state.maybe_started,
                 "next_attempt_at": None,
+                "error": None,
             },
             allowed_from=STARTABLE,
             lease_token=state.token,
@@ -245,24 +250,43 @@ class Runner:
         return response
 
     def _take_rate_slot(self, state: _Delivery) -> None:
-        """Wait for the global limiter in place if the wait is short; else defer the job."""
+        """Wait for the global limiter in place if the wait is short; else defer the job.
+
+        A reserved slot is checked once more after the wait: a 429 may have started a shared
+        cool-down meanwhile, and a thread that woke well after its slot (a busy CPU) gives the
+        slot up rather than call late, which would crowd the calls of the next second.
+        """
+        metrics_key = metrics.key(self.store.prefix)
+        late_s = max(0.5 / self.limiter.rate_per_s, LATE_WAKE_MIN_S)
         for _ in range(MAX_INLINE_LIMITER_WAITS):
             admission = self.limiter.acquire(max_wait_s=self.inline_wait_max_s)
-            if admission.reserved:
-                if admission.wait_s > 0:
-                    self.sleep(admission.wait_s)
+            if admission.reserved and admission.wait_s <= 0:
                 return
-            if not (admission.cooldown and admission.wait_s <= self.inline_wait_max_s):
+            if not admission.reserved and not (
+                admission.cooldown and admission.wait_s <= self.inline_wait_max_s
+            ):
                 break
-            self.sleep(admission.wait_s)  # a short shared cool-down, then ask again
+            metrics.record_wait(
+                self.store.client, metrics_key, kind="inline", wait_s=admission.wait_s
+            )
+            slot_at = time.monotonic() + admission.wait_s
+            self.sleep(admission.wait_s)
+            if not admission.reserved:
+                continue  # a short shared cool-down has passed: ask again
+            if time.monotonic() - slot_at <= late_s and not self.limiter.peek().cooldown:
+                return
         kind = "rate_limit_cooldown" if admission.cooldown else "rate_limit_wait"
         why = (
             "the API asked every worker to pause (429 Retry-After)"
             if admission.cooldown
             else f"the global rate limit ({self.limiter.rate_per_s:g}/s) is saturated"
         )
-        self._defer(state, admission.wait_s, {"type": kind, "message": f"waiting: {why}"})
-        raise Deferred(admission.wait_s, why)
+        # come back while the rest of the wait can still be taken in place, so no slot idles
+        # while the job travels through the dispatcher
+        defer_s = max(admission.wait_s - self.inline_wait_max_s / 2, 0.0)
+        self._defer(state, defer_s, {"type": kind, "message": f"waiting: {why}"})
+        metrics.record_wait(self.store.client, metrics_key, kind="deferred", wait_s=defer_s)
+        raise Deferred(defer_s, why)
 
     # -- tenacity hooks -----------------------------------------------------------------------
 
@@ -299,7 +323,14 @@ class Runner:
             state.job.id,
             wait_s,
             exc.error_type,
-            extra={"job_id": state.job.id, "room_id": state.job.room_id, "status": "retrying"},
+            extra={
+                "job_id": state.job.id,
+                "room_id": state.job.room_id,
+                "status": "retrying",
+                "attempt": state.job.attempts,
+                "http_status": exc.http_status,
+                "outcome": exc.error_type,
+            },
         )
 
     def _sleep_or_defer(self, wait_s: float) -> None:
@@ -397,20 +428,29 @@ class Runner:
     def _log_call(
         self, state: _Delivery, http_status: int | None, latency_s: float | None, outcome: str
     ) -> None:
+        """Log one API call and count it in the shared metrics (one Redis round trip)."""
+        metrics.record_call(
+            self.store.client,
+            metrics.key(self.store.prefix),
+            http_status=http_status,
+            outcome=outcome,
+            latency_s=latency_s,
+        )
+        latency_ms = None if latency_s is None else round(latency_s * 1000, 1)
         logger.info(
             "job %s room=%s attempt=%d call http=%s latency_ms=%s outcome=%s",
             state.job.id,
             state.job.room_id,
             state.job.attempts,
             http_status,
-            None if latency_s is None else round(latency_s * 1000, 1),
+            latency_ms,
             outcome,
             extra={
                 "job_id": state.job.id,
                 "room_id": state.job.room_id,
                 "attempt": state.job.attempts,
                 "http_status": http_status,
-                "latency_ms": None if latency_s is None else round(latency_s * 1000, 1),
+                "latency_ms": latency_ms,
                 "outcome": outcome,
             },
         )
