@@ -25,8 +25,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from tasks import cli_format as fmt
-from tasks import cli_schedule
-from tasks import runtime
+from tasks import cli_schedule, metrics, runtime
 from tasks.cli_format import (
     BadUsage,
     Parser,
@@ -253,12 +252,36 @@ def queue_depth() -> int:
 
 def stats() -> dict[str, Any]:
     store = runtime.store()
+    jobs = store.counts()
+    finished = jobs["succeeded"] + jobs["failed"]
     return {
-        "jobs": store.counts(),
+        "jobs": jobs,
+        "success_rate": round(jobs["succeeded"] / finished, 4) if finished else None,
         "due": store.due_count(),
         "queue_depth": queue_depth(),
         "rate_limit": limits(),
+        "api": metrics.snapshot(runtime.redis_conn(), runtime.config().key_prefix),
     }
+
+
+def prometheus() -> str:
+    """Prometheus text of what Flower cannot see (API calls, latency, waits, jobs, queue)."""
+    store = runtime.store()
+    return metrics.prometheus_text(
+        metrics.snapshot(runtime.redis_conn(), runtime.config().key_prefix),
+        jobs=store.counts(),
+        queue_depth=queue_depth(),
+        due=store.due_count(),
+    )
+
+
+def _configure_metrics(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(run=lambda a: _print(prometheus()))
+
+
+def _print(text: str) -> int:
+    sys.stdout.write(text)
+    return 0
 
 
 def _configure_stats(p: argparse.ArgumentParser) -> None:
@@ -328,6 +351,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("limits", "the shared rate limiter's state", _configure_limits),
     Command("health", "exit 0 when Redis answers and a worker replies", _configure_health),
     Command("schedule", cli_schedule.HELP, cli_schedule.configure),
+    Command("metrics", "Prometheus text: API calls, latency, waits, jobs", _configure_metrics),
 )
 
 

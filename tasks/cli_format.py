@@ -209,9 +209,22 @@ def stats_view(stats: dict[str, Any]) -> str:
     width = max(len(s) for s in jobs)
     lines = ["jobs:"]
     lines += [f"  {status + ':':<{width + 1}} {count}" for status, count in jobs.items()]
+    rate = stats["success_rate"]
+    api = stats["api"]
+    latency = api["api_latency_ms"]
+    calls = ", ".join(f"{k}: {v}" for k, v in api["api_calls"].items()) or "none yet"
     lines += [
+        f"success rate:   {'-' if rate is None else f'{rate:.1%}'} (of finished jobs)",
         f"due:            {stats['due']}",
         f"queue depth:    {stats['queue_depth']}",
+        f"API calls:      {calls}",
+        "API latency:    "
+        + ", ".join(f"{q} {_ms(latency[q])}" for q in ("p50", "p90", "p99"))
+        + f" over {latency['count']} calls",
         limits_view(stats["rate_limit"]),
     ]
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import unquote, urlsplit
 
 from tasks.connections import parse_sentinel_url
 from tasks.errors import ConfigurationError
@@ -160,9 +161,7 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
 N = TypeVar("N", int, float)
 
 
-def _number(
-    env: Mapping[str, str], name: str, default: N, kind: type[N], *, minimum: N
-) -> N:
+def _number(env: Mapping[str, str], name: str, default: N, kind: type[N], *, minimum: N) -> N:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -238,7 +237,7 @@ def celery_config(s: Settings) -> dict[str, object]:
         "timezone": "UTC",
         "enable_utc": True,
         "include": ["tasks.recording"],
-        **_beat_config(s),
+        **_credentials_out_of_url(_beat_config(s)),
     }
 
 
@@ -252,6 +251,31 @@ def _tls_config(s: Settings) -> dict[str, object]:
     if not s.redis_url.startswith("rediss://"):
         return {}
     return {"broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
+
+
+def _credentials_out_of_url(beat: dict[str, object]) -> dict[str, object]:
+    """Move the password of ``redbeat_redis_url`` into ``redbeat_redis_options``.
+
+    A worker sends its configuration to whoever asks (``celery inspect conf``, Flower's
+    /api/workers); Celery masks settings whose names say KEY or PASS and the broker URL, but
+    not ``redbeat_redis_url``, so a password in it would be shown. redbeat passes its options
+    to redis-py, which takes ``username``/``password`` as well from there.
+    """
+    url = str(beat["redbeat_redis_url"])
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return beat
+    options = dict(beat["redbeat_redis_options"])  # type: ignore[call-overload]
+    if parts.username:
+        options["username"] = unquote(parts.username)
+    if parts.password is not None:
+        options["password"] = unquote(parts.password)
+    netloc = parts.netloc.rpartition("@")[2]
+    return {
+        **beat,
+        "redbeat_redis_url": url.replace(parts.netloc, netloc, 1),
+        "redbeat_redis_options": options,
+    }
 
 
 def _beat_config(s: Settings) -> dict[str, object]:
@@ -271,9 +295,7 @@ def _beat_config(s: Settings) -> dict[str, object]:
         # redbeat spells Sentinel differently from kombu: a redis-sentinel:// URL plus options
         hosts, password, db = parse_sentinel_url(s.redis_url)
         url = "redis-sentinel://"
-        options.update(
-            sentinels=hosts, service_name=s.sentinel_master, db=db, password=password
-        )
+        options.update(sentinels=hosts, service_name=s.sentinel_master, db=db, password=password)
     return {
         "beat_scheduler": "worker.schedule:RecorderScheduler",
         "beat_max_loop_interval": s.beat_max_interval_s,

@@ -1,4 +1,4 @@
-"""Worker bootsteps and signals: the start-up credential check and the due-job dispatcher."""
+"""Worker bootsteps and signals: log format, start-up credential check, due-job dispatcher."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import redis
 from celery import bootsteps
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 from kombu.transport import redis as kombu_redis
-from celery.signals import worker_init
 
-from tasks import runtime
+from tasks import logs, runtime
 from tasks.dispatcher import Dispatcher as DueDispatcher
 from tasks.errors import ConfigurationError
 from tasks.producer import publish
@@ -52,6 +52,22 @@ def guard_restore_unacked() -> None:
 guard_restore_unacked()
 
 
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def install_log_format(logger: logging.Logger, **_: Any) -> None:
+    """Give the worker's and beat's log handlers our formatter: JSON or text, always redacted.
+
+    ``RECORDER_LOG_FORMAT=json`` gives one JSON object per line. Bad settings are reported by
+    the credential check (worker) or at start-up (beat); logging falls back to text meanwhile.
+    """
+    try:
+        s = runtime.config()
+    except ConfigurationError:
+        logs.install(logger, json_lines=False)
+        return
+    logs.install(logger, json_lines=s.log_format == "json", secrets=[s.secret])
+
+
 @worker_init.connect
 def check_credentials(**_: Any) -> None:
     """Stop the worker at start-up, with one line, when the API key or secret is missing."""
@@ -65,7 +81,7 @@ def check_credentials(**_: Any) -> None:
 class Dispatcher(bootsteps.StartStopStep):
     """Runs a :class:`tasks.dispatcher.Dispatcher` thread for the life of the worker."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)

@@ -1,0 +1,210 @@
+"""Flower against a real worker: every job shown from enqueue on, behind basic auth, no secret.
+
+``celery -A worker flower`` runs with no flags beyond a port and address; basic auth comes from
+Flower's own ``FLOWER_BASIC_AUTH`` variable, as in docker-compose.yml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+import yaml
+
+import tasks
+from tasks.logs import JWT
+from tests.conftest import ROOT, SECRET, RedisServer, WorkerProcess, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+StartWorker = Callable[..., WorkerProcess]
+USER, PASSWORD = "ops", "flower-pw-3c9e1f"
+HTTP_TIMEOUT_S = 5.0
+
+
+class FlowerProcess:
+    """A real ``celery -A worker flower`` subprocess on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        # only the variables given here configure Flower: none inherited from the caller
+        base = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+        full_env = {**base, **env, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "celery", "-A", "worker", "flower"]
+        cmd += [f"--port={self.port}", "--address=127.0.0.1"]
+        self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, *, auth: tuple[str, str] | None = (USER, PASSWORD)) -> Any:
+        return requests.get(f"{self.url}{path}", auth=auth, timeout=HTTP_TIMEOUT_S)
+
+    def wait_ready(self, timeout_s: float = 45.0) -> FlowerProcess:
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"flower exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                return self.get("/healthcheck", auth=None).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(answers, timeout_s=timeout_s, interval_s=0.2)
+        return self
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+def compose_flower_env() -> dict[str, str]:
+    """The literal FLOWER_* settings docker-compose.yml gives Flower (not the ${...} ones)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    env = compose["services"]["flower"]["environment"]
+    return {k: str(v) for k, v in env.items() if k.startswith("FLOWER_") and "${" not in str(v)}
+
+
+@pytest.fixture
+def flower(recorder_env: dict[str, str], tmp_path: Path) -> Iterator[FlowerProcess]:
+    env = {**recorder_env, **compose_flower_env(), "FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"}
+    process = FlowerProcess(env, tmp_path / "flower.log")
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+
+
+def task_info(flower: FlowerProcess, task_id: str) -> dict[str, Any] | None:
+    resp = flower.get(f"/api/task/info/{task_id}")
+    return resp.json() if resp.status_code == 200 else None  # type: ignore[no-any-return]
+
+
+def wait_until_flower_listens(flower: FlowerProcess) -> None:
+    """Flower sees only events sent after its receiver connected: probe until one arrives."""
+
+    def probe_seen() -> bool:
+        probe = tasks.enqueue_recording("room-probe").id
+        try:
+            wait_for(lambda: task_info(flower, probe), timeout_s=2, interval_s=0.1)
+        except AssertionError:
+            return False
+        return True
+
+    wait_for(probe_seen, timeout_s=40, interval_s=0)
+
+
+def test_flower_shows_each_job_from_enqueue_to_success_with_its_room(
+    flower: FlowerProcess, start_worker: StartWorker
+) -> None:
+    # Given Flower listening and no worker running yet
+    wait_until_flower_listens(flower)
+    # When a job is enqueued, Flower shows it at once, before any worker has it
+    job = tasks.enqueue_recording("room-flower-1")
+    sent = wait_for(lambda: task_info(flower, job.id), timeout_s=10, interval_s=0.1)
+    assert sent["state"] == "PENDING" and sent["name"] == "tasks.start_recording"
+    assert "room-flower-1" in sent["kwargs"] and job.id in sent["args"]
+    listed = flower.get("/api/tasks").json()
+    assert job.id in listed and "room-flower-1" in listed[job.id]["kwargs"]
+    # and the tasks page has a kwargs column (FLOWER_TASKS_COLUMNS, as docker-compose.yml sets)
+    assert 'data-column="kwargs"' in flower.get("/tasks").text
+    # Then a worker runs it, and Flower shows its state and runtime
+    start_worker()
+
+    def succeeded() -> dict[str, Any] | None:
+        info = task_info(flower, job.id)
+        return info if info and info["state"] == "SUCCESS" else None
+
+    done = wait_for(succeeded, timeout_s=30, interval_s=0.2)
+    assert done["runtime"] is not None and done["runtime"] >= 0
+    assert done["received"] and done["started"] and done["succeeded"]
+    assert "succeeded" in str(done["result"])
+    assert tasks.get_job(job.id).status.value == "succeeded"  # type: ignore[union-attr]
+
+    # And no response of Flower's holds the secret or a token
+    # (the workers' answers include their stats and configuration)
+    workers = wait_for(
+        lambda: flower.get("/api/workers?refresh=1").json(), timeout_s=30, interval_s=0.5
+    )
+    assert SECRET not in json.dumps(workers)
+    responses = [
+        flower.get("/api/tasks"),
+        flower.get(f"/api/task/info/{job.id}"),
+        flower.get("/api/workers"),
+        flower.get("/api/tasks?state=SUCCESS"),
+        flower.get("/tasks"),
+        flower.get("/workers"),
+        flower.get("/metrics", auth=None),
+    ]
+    assert all(r.status_code == 200 for r in responses), [r.status_code for r in responses]
+    for resp in responses:
+        assert SECRET not in resp.text, resp.url
+        assert not JWT.search(resp.text), resp.url
+
+
+def test_flower_api_and_pages_need_the_basic_auth_credentials(flower: FlowerProcess) -> None:
+    for path in ("/api/tasks", "/api/workers", "/api/task/info/nope", "/tasks", "/"):
+        assert flower.get(path, auth=None).status_code == 401, path
+        assert flower.get(path, auth=(USER, "wrong")).status_code == 401, path
+    assert flower.get("/api/tasks").status_code == 200
+
+
+def test_flower_serves_prometheus_metrics(flower: FlowerProcess) -> None:
+    wait_until_flower_listens(flower)  # so at least one task-sent event was counted
+
+    def has_events() -> str | None:
+        text: str = flower.get("/metrics", auth=None).text
+        return text if "flower_events_total{" in text else None
+
+    text = wait_for(has_events, timeout_s=30, interval_s=0.3)
+    assert "# TYPE flower_events_total counter" in text
+    assert 'type="task-sent"' in text
+
+
+def test_flower_never_shows_the_redis_password(
+    private_redis: RedisServer,
+    start_worker: StartWorker,
+    recorder_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    # Given a Redis with a password, and a worker and Flower using it
+    password = "redis-pw-6b1f0e2d"
+    redis.Redis(port=private_redis.port).config_set("requirepass", password)
+    url = f"redis://:{password}@127.0.0.1:{private_redis.port}/0"
+    worker = start_worker(REDIS_URL=url)
+    env = {**recorder_env, "REDIS_URL": url, "FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"}
+    flower = FlowerProcess(env, tmp_path / "flower-pw.log").wait_ready()
+    try:
+        # When Flower asks the worker for its stats and configuration
+        workers = wait_for(
+            lambda: flower.get("/api/workers?refresh=1").json(), timeout_s=30, interval_s=0.5
+        )
+        (name,) = workers
+        assert workers[name]["conf"]["broker_url"].startswith("redis://:***")
+        # Then no page or API answer shows the password
+        for path in ("/api/workers", "/workers", f"/worker/{name}", "/broker", "/api/tasks"):
+            resp = flower.get(path)
+            assert resp.status_code == 200, path
+            assert password not in resp.text, path
+        assert password not in worker.log()
+    finally:
+        flower.stop()
