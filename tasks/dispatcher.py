@@ -72,9 +72,7 @@ class Dispatcher:
         lock = self.store.key("lock", "sweep")
         if not self.store.client.set(lock, "1", nx=True, px=int(self.sweep_interval_s * 1000)):
             return 0
-        found = self.store.sweep(
-            held_quiet_s=HELD_QUIET_S, queued_quiet_s=self.queued_quiet_s
-        )
+        found = self.store.sweep(held_quiet_s=HELD_QUIET_S, queued_quiet_s=self.queued_quiet_s)
         if found:
             logger.warning("sweeper: %d stranded job(s) put back on the queue", found)
         return found

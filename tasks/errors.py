@@ -7,7 +7,7 @@ job records store (never a pickled exception).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class RecorderError(Exception):
@@ -140,7 +140,7 @@ class RequestRefused(ApiError):
     """Raised when the API refused the request for good (400, 403, 404, 422, other 4xx)."""
 
     #: error type by HTTP status; any other 4xx is ``http_error``.
-    TYPES = {
+    TYPES: ClassVar[dict[int, str]] = {
         400: "invalid_params",
         403: "forbidden",
         404: "room_not_found",

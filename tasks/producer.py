@@ -192,4 +192,6 @@ def _check_status(status: str | Status | None) -> Status | None:
     try:
         return Status(status)
     except ValueError:
-        raise ValidationError("status", "unknown status", allowed=[s.value for s in Status]) from None
+        raise ValidationError(
+            "status", "unknown status", allowed=[s.value for s in Status]
+        ) from None

@@ -372,7 +372,9 @@ class JobStore:
         patch = {**patch, "updated_at": utc_iso(now), "_touched": int(now * 1000)}
         if "status" in patch and Status(patch["status"]).terminal:
             patch.setdefault("finished_at", patch["updated_at"])
-        allowed = "" if allowed_from is None else " " + " ".join(s.value for s in allowed_from) + " "
+        allowed = (
+            "" if allowed_from is None else " " + " ".join(s.value for s in allowed_from) + " "
+        )
         due = "-" if clear_due else ("" if due_at_s is None else str(int(due_at_s * 1000)))
         lease = "release" if release_lease else ""
         if renew_lease_s is not None:
@@ -396,9 +398,7 @@ class JobStore:
         reason = result[1].decode()
         return Update(False, Job.from_record(result[2]) if len(result) > 2 else None, reason)
 
-    def claim(
-        self, job_id: str, *, token: str, lease_s: float, take_over_from: str = ""
-    ) -> Claim:
+    def claim(self, job_id: str, *, token: str, lease_s: float, take_over_from: str = "") -> Claim:
         """Take the job's lease for one delivery, unless it is finished, not due or leased.
 
         ``take_over_from`` names a lease holder known to be dead, whose lease may be taken.

@@ -17,9 +17,14 @@ class Clock:
 
 
 def test_token_has_the_claims_the_v2_api_requires() -> None:
-    minter = TokenMinter(api_key="key-1", secret="shh-0123456789abcdef0123456789abcdef", clock=Clock())
+    minter = TokenMinter(
+        api_key="key-1", secret="shh-0123456789abcdef0123456789abcdef", clock=Clock()
+    )
     claims = jwt.decode(
-        minter.token(), "shh-0123456789abcdef0123456789abcdef", algorithms=["HS256"], options={"verify_exp": False}
+        minter.token(),
+        "shh-0123456789abcdef0123456789abcdef",
+        algorithms=["HS256"],
+        options={"verify_exp": False},
     )
     assert claims == {
         "apikey": "key-1",

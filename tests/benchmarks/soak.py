@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import redis  # noqa: E402
+import redis
 
-from tasks import runtime  # noqa: E402
-from tasks.sandbox import SandboxServer  # noqa: E402
-from tests.conftest import API_KEY, SECRET, WorkerProcess, base_env  # noqa: E402
-from tests.integration.soak import SOAK_ENV, run_soak  # noqa: E402
+from tasks import runtime
+from tasks.sandbox import SandboxServer
+from tests.conftest import API_KEY, SECRET, WorkerProcess, base_env
+from tests.integration.soak import SOAK_ENV, run_soak
 
 
 def main() -> int:
@@ -32,7 +32,10 @@ def main() -> int:
     client = redis.Redis.from_url(url)
     client.flushdb()
     workers: list[WorkerProcess] = []
-    with SandboxServer(api_key=API_KEY, secret=SECRET) as sandbox, tempfile.TemporaryDirectory() as tmp:
+    with (
+        SandboxServer(api_key=API_KEY, secret=SECRET) as sandbox,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         env = {**base_env(url, sandbox.url), **SOAK_ENV}
         os.environ.update(env)
         runtime.reset()
@@ -52,8 +55,10 @@ def main() -> int:
     print(f"outcomes: {dict(result.statuses)}")
     print(f"API answers: {dict(sorted(result.calls_by_status.items()))}")
     print(f"lost deliveries recovered: {result.lost_deliveries}")
-    print(f"rooms started: {len(result.starts_per_room)}, "
-          f"max starts for one room: {max(result.starts_per_room.values(), default=0)}")
+    print(
+        f"rooms started: {len(result.starts_per_room)}, "
+        f"max starts for one room: {max(result.starts_per_room.values(), default=0)}"
+    )
     print("problems: " + ("; ".join(result.problems) if result.problems else "none"))
     return 1 if result.problems else 0
 

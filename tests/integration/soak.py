@@ -89,7 +89,7 @@ def run_soak(
     if twice:
         result.problems.append(f"rooms started more than once: {twice[:10]}")
     for job in jobs:
-        if job is not None and job.status is Status.SUCCEEDED:
-            if result.starts_per_room[job.room_id] != 1:
-                result.problems.append(f"{job.room_id} succeeded without a start")
+        succeeded = job is not None and job.status is Status.SUCCEEDED
+        if succeeded and result.starts_per_room[job.room_id] != 1:  # type: ignore[union-attr]
+            result.problems.append(f"{job.room_id} succeeded without a start")  # type: ignore[union-attr]
     return result

@@ -119,7 +119,7 @@ def test_run_at_holds_the_job_until_it_is_due(
     assert job.status is Status.SCHEDULED
     done = wait_for(lambda: finished([job.id]), timeout_s=15)[0]
     assert done.status is Status.SUCCEEDED
-    first_call = [c for c in sandbox.calls() if c["path"].endswith("/start")][0]
+    first_call = next(c for c in sandbox.calls() if c["path"].endswith("/start"))
     assert due.timestamp() <= first_call["t"] <= due.timestamp() + 2.0
 
 

@@ -22,6 +22,8 @@ def test_soak_every_job_ends_and_no_room_starts_twice_through_faults_and_kills(
     assert result.problems == []
     assert sum(result.statuses.values()) == 200
     assert set(result.statuses) <= {"succeeded", "failed"}
-    assert result.calls_by_status[429] > 0 and result.calls_by_status[503] + result.calls_by_status[
-        500
-    ] + result.calls_by_status[502] > 0, "the faults were injected"
+    assert (
+        result.calls_by_status[429] > 0
+        and result.calls_by_status[503] + result.calls_by_status[500] + result.calls_by_status[502]
+        > 0
+    ), "the faults were injected"
