@@ -232,6 +232,7 @@ class Runner:
         if not begun.applied or begun.job is None:
             raise LeaseLost(begun.reason)
         state.job = begun.job
+        self._log_state(state)
         try:
             response = self.client.start_recording(state.job.request)
         except ApiError as exc:
@@ -410,6 +411,11 @@ class Runner:
             raise LeaseLost(result.reason)
         assert result.job is not None
         state.job = result.job
+        self._log_state(state)
+
+    @staticmethod
+    def _log_state(state: _Delivery) -> None:
+        """One structured line per state change."""
         logger.info(
             "job %s room=%s status=%s attempts=%d",
             state.job.id,
