@@ -288,7 +288,9 @@ class JobStore:
         now_iso = utc_iso(now)
         job_id = uuid.uuid4().hex
         status = Status.SCHEDULED if run_at_s is not None else Status.QUEUED
-        record = {
+        created_ms = int(now * 1000)
+        due_ms = "" if run_at_s is None else str(int(run_at_s * 1000))
+        record: dict[str, Any] = {
             "id": job_id,
             "room_id": room_id,
             "status": status.value,
@@ -303,10 +305,10 @@ class JobStore:
             "idempotency_key": idempotency_key,
             "run_at": utc_iso(run_at_s) if run_at_s is not None else None,
             "schedule": schedule,
-            "_ts": int(now * 1000),
+            "_ts": created_ms,
         }
         if run_at_s is not None:
-            record["_due"] = int(run_at_s * 1000)
+            record["_due"] = int(due_ms)
         stored_id = self._create(
             keys=[
                 self.key("job", job_id),
@@ -320,9 +322,9 @@ class JobStore:
                 job_id,
                 json.dumps(record, separators=(",", ":")),
                 self.ttl_s,
-                record["_ts"],
+                created_ms,
                 "1" if idempotency_key else "0",
-                record.get("_due", ""),
+                due_ms,
                 self.prefix,
             ],
         ).decode()
@@ -416,13 +418,15 @@ class JobStore:
     def sweep(self, *, held_quiet_s: float, queued_quiet_s: float, limit: int = 1000) -> int:
         """Find stranded jobs (see :data:`SWEEP_LUA`) and put them in the due set."""
         now = self.clock()
-        ids: list[bytes] = self.client.zrange(self.key("held"), 0, limit - 1)
-        ids += self.client.zrange(self.key("status", Status.RETRYING.value), 0, limit - 1)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(self.key("held"), 0, limit - 1)
+        pipe.zrange(self.key("status", Status.RETRYING.value), 0, limit - 1)
         # queued jobs are indexed by creation time: only old ones can have been left alone
         cutoff_ms = int((now - queued_quiet_s) * 1000)
-        ids += self.client.zrangebyscore(
+        pipe.zrangebyscore(
             self.key("status", Status.QUEUED.value), "-inf", cutoff_ms, start=0, num=limit
         )
+        ids: list[bytes] = [i for found in pipe.execute() for i in found]
         if not ids:
             return 0
         return int(
@@ -475,7 +479,8 @@ class JobStore:
         jobs: list[Job] = []
         start, page = 0, max(limit, 50)
         while len(jobs) < limit:
-            ids = [i.decode() for i in self.client.zrevrange(index, start, start + page - 1)]
+            found: list[bytes] = self.client.zrevrange(index, start, start + page - 1)  # type: ignore[assignment]
+            ids = [i.decode() for i in found]
             if not ids:
                 break
             start += page

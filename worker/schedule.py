@@ -51,7 +51,7 @@ from worker.config import VISIBILITY_TIMEOUT_S
 logger = logging.getLogger(__name__)
 
 
-class RecorderEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
+class RecorderEntry(RedBeatSchedulerEntry):
     """A redbeat entry whose zoned cron (or grid interval) is rebuilt from ``options``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -64,10 +64,10 @@ class RecorderEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
     def due_at(self) -> datetime | None:
         if isinstance(self.schedule, FireTimes) and self.last_run_at is not None:
             return self.schedule.next_after(self.last_run_at)
-        return super().due_at  # type: ignore[no-any-return]
+        return super().due_at
 
 
-class RecorderScheduler(RedBeatScheduler):  # type: ignore[misc]
+class RecorderScheduler(RedBeatScheduler):
     """redbeat's scheduler that enqueues our schedules' jobs and runs the due-job dispatcher."""
 
     Entry = RecorderEntry

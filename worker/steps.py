@@ -46,7 +46,7 @@ def guard_restore_unacked() -> None:
             return None
 
     restore_unacked._recorder_guarded = True  # type: ignore[attr-defined]
-    kombu_redis.QoS.restore_unacked = restore_unacked
+    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
 
 
 guard_restore_unacked()
