@@ -82,7 +82,11 @@ class Job:
     @classmethod
     def from_record(cls, raw: str | bytes) -> Job:
         """Build a Job from its stored JSON; fields starting with ``_`` are store bookkeeping."""
-        data: dict[str, Any] = json.loads(raw)
+        return cls.from_dict(json.loads(raw))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        """Build a Job from a record's fields (unknown ones are kept in ``extra``)."""
         known = {name for name in cls.__dataclass_fields__ if name != "extra"}
         kwargs = {k: v for k, v in data.items() if k in known}
         extra = {k: v for k, v in data.items() if k not in known}

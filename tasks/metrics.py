@@ -18,8 +18,9 @@ field                       counts
 ``wait_ms:{kind}``          their total length, milliseconds
 ==========================  ===================================================================
 
-A call costs one pipelined round trip of HINCRBYs (:func:`record_call`); a failure to count is
-logged at debug level and never fails the job. :func:`snapshot` reads the hash back as a dict,
+Workers send their increments along with the job-store write that follows each call (no round
+trip of their own); :func:`record` applies them alone where no write follows. A failure to count
+is logged at debug level and never fails the job. :func:`snapshot` reads the hash back as a dict,
 with p50/p90/p99 estimated from the buckets, and :func:`prometheus_text` renders a snapshot
 (plus job counts and queue depth) in the Prometheus text exposition format.
 """
@@ -55,6 +56,42 @@ def bucket_of(latency_ms: float) -> str:
     return _INF
 
 
+def call_increments(
+    *, http_status: int | None, outcome: str, latency_s: float | None
+) -> dict[str, int]:
+    """The HINCRBYs that count one API call (by status, else by outcome) and its latency."""
+    fields = {f"calls:{http_status if http_status is not None else outcome}": 1}
+    if latency_s is not None:
+        latency_ms = max(0.0, latency_s * 1000)
+        fields[f"latency:{bucket_of(latency_ms)}"] = 1
+        fields["latency_count"] = 1
+        fields["latency_sum_us"] = round(latency_ms * 1000)
+    return fields
+
+
+def wait_increments(*, kind: str, wait_s: float) -> dict[str, int]:
+    """The HINCRBYs that count one rate-limit wait of ``wait_s`` s (``inline`` or ``deferred``)."""
+    return {f"waits:{kind}": 1, f"wait_ms:{kind}": max(0, round(wait_s * 1000))}
+
+
+def merge(into: dict[str, int], more: Mapping[str, int]) -> dict[str, int]:
+    """Add ``more``'s increments to ``into`` (so several can travel in one round trip)."""
+    for field, amount in more.items():
+        into[field] = into.get(field, 0) + amount
+    return into
+
+
+def record(client: redis.Redis, metrics_key: str, increments: Mapping[str, int]) -> None:
+    """Apply increments in one pipelined round trip. The runner sends its increments along
+    with its next job-store write instead (:meth:`tasks.store.JobStore.update`), for free."""
+    if not increments:
+        return
+    pipe = client.pipeline(transaction=False)
+    for field, amount in increments.items():
+        pipe.hincrby(metrics_key, field, amount)
+    _execute(pipe)
+
+
 def record_call(
     client: redis.Redis,
     metrics_key: str,
@@ -63,23 +100,17 @@ def record_call(
     outcome: str,
     latency_s: float | None,
 ) -> None:
-    """Count one API call (by status, else by outcome) and its latency, in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hincrby(metrics_key, f"calls:{http_status if http_status is not None else outcome}", 1)
-    if latency_s is not None:
-        latency_ms = max(0.0, latency_s * 1000)
-        pipe.hincrby(metrics_key, f"latency:{bucket_of(latency_ms)}", 1)
-        pipe.hincrby(metrics_key, "latency_count", 1)
-        pipe.hincrby(metrics_key, "latency_sum_us", round(latency_ms * 1000))
-    _execute(pipe)
+    """Count one API call and its latency, in one round trip."""
+    record(
+        client,
+        metrics_key,
+        call_increments(http_status=http_status, outcome=outcome, latency_s=latency_s),
+    )
 
 
 def record_wait(client: redis.Redis, metrics_key: str, *, kind: str, wait_s: float) -> None:
     """Count one rate-limit wait of ``wait_s`` seconds; ``kind`` is inline or deferred."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hincrby(metrics_key, f"waits:{kind}", 1)
-    pipe.hincrby(metrics_key, f"wait_ms:{kind}", max(0, round(wait_s * 1000)))
-    _execute(pipe)
+    record(client, metrics_key, wait_increments(kind=kind, wait_s=wait_s))
 
 
 def _execute(pipe: Any) -> None:

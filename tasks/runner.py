@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -42,9 +42,9 @@ from tasks import metrics
 from tasks.client import ApiClient, ApiResponse
 from tasks.errors import AlreadyRecording, ApiError, Deferred, TokenRejected
 from tasks.job import Job, Status, utc_iso
-from tasks.ratelimit import RedisRateLimiter
+from tasks.ratelimit import Admission, RedisRateLimiter
 from tasks.retry import backoff_s, is_retryable
-from tasks.store import JobStore
+from tasks.store import Claim, JobStore
 from tasks.tokens import TokenMinter
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,16 @@ class _Delivery:
     token: str
     maybe_started: bool
     reminted: bool = False
+    #: the claim already began the first attempt (so its write-ahead cost no round trip)
+    pre_begun: bool = False
+    #: metrics increments not yet written: they travel with the next store write
+    pending: dict[str, int] = field(default_factory=dict)
+    #: the last call's latency and outcome, for the state-change line that follows it
+    last_call: dict[str, Any] = field(default_factory=dict)
+
+    def take_pending(self) -> dict[str, int]:
+        pending, self.pending = self.pending, {}
+        return pending
 
 
 class Runner:
@@ -144,14 +154,18 @@ class Runner:
     def run(self, job_id: str) -> str:
         """Run one delivery; returns a word for logs: succeeded, failed, deferred, or skipped:…"""
         token = f"{self._host}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
-        claim = self.store.claim(job_id, token=token, lease_s=self.lease_s)
+        # When a rate slot is free right now, it is taken before the claim, so that the claim
+        # can also begin the first attempt: one round trip instead of two. (A slot taken for a
+        # job that turns out finished is wasted, which only lowers the rate, and only for
+        # duplicate deliveries.) A slot that needs a wait is waited for after the claim: a
+        # worker killed while waiting must leave a claimed job, which the sweeper finds.
+        has_slot = self.limiter.acquire(max_wait_s=0).reserved
+        claim = self._claim(job_id, token, has_slot)
         if claim.kind == "leased" and holder_is_dead(claim.holder, host=self._host):
             # e.g. a prefork child killed mid-call: its message came straight back, and waiting
             # out its lease would only delay the job
             logger.warning("job %s: taking over from dead holder %s", job_id, claim.holder)
-            claim = self.store.claim(
-                job_id, token=token, lease_s=self.lease_s, take_over_from=claim.holder
-            )
+            claim = self._claim(job_id, token, has_slot, take_over_from=claim.holder)
         if claim.kind == "leased":
             # Another delivery holds the job (or held it and died): look again when its lease ends.
             self.store.update(
@@ -164,8 +178,12 @@ class Runner:
             logger.info("job %s skipped: %s", job_id, claim.kind, extra={"job_id": job_id})
             return f"skipped:{claim.kind}"
         job = claim.job
-        # in_flight still set means a delivery died during a call whose outcome nobody saw.
-        state = _Delivery(job, token, maybe_started=job.maybe_started or job.in_flight)
+        # in_flight still set means a delivery died during a call whose outcome nobody saw (a
+        # claim that began the attempt has already folded that into maybe_started).
+        maybe_started = job.maybe_started or (job.in_flight and not claim.began)
+        state = _Delivery(job, token, maybe_started, pre_begun=claim.began)
+        if claim.began:
+            self._log_state(state)
         try:
             return self._deliver(state)
         except Deferred as exc:
@@ -174,6 +192,17 @@ class Runner:
         except LeaseLost as exc:
             logger.warning("job %s: left alone mid-delivery (%s)", job_id, exc)
             return "skipped:lease_lost"
+
+    def _claim(self, job_id: str, token: str, begin: bool, take_over_from: str = "") -> Claim:
+        return self.store.claim(
+            job_id,
+            token=token,
+            lease_s=self.lease_s,
+            take_over_from=take_over_from,
+            begin_attempt=begin,
+            max_attempts=self.max_attempts,
+            max_lost_deliveries=self.max_lost_deliveries,
+        )
 
     def _deliver(self, state: _Delivery) -> str:
         if state.job.lost_deliveries >= self.max_lost_deliveries:
@@ -184,7 +213,8 @@ class Runner:
                 "it is not tried again (a poison job?)",
                 error_type="worker_lost",
             )
-        remaining = self.max_attempts - self._attempts_used(state.job)
+        # an attempt the claim already began is counted in attempts, and still to be made
+        remaining = self.max_attempts - self._attempts_used(state.job) + int(state.pre_begun)
         if remaining <= 0:
             return self._finish_failed(state, None, "attempts exhausted before this delivery")
         retrying = Retrying(
@@ -213,26 +243,10 @@ class Runner:
     # -- one attempt --------------------------------------------------------------------------
 
     def _attempt(self, state: _Delivery) -> ApiResponse:
-        self._take_rate_slot(state)
-        begun = self.store.update(
-            state.job.id,
-            {
-                "status": Status.RUNNING.value,
-                "in_flight": True,
-                "maybe_started": state.maybe_started,
-                "next_attempt_at": None,
-                "error": None,
-            },
-            allowed_from=STARTABLE,
-            lease_token=state.token,
-            count_attempt=True,
-            clear_due=True,
-            renew_lease_s=self.lease_s,
-        )
-        if not begun.applied or begun.job is None:
-            raise LeaseLost(begun.reason)
-        state.job = begun.job
-        self._log_state(state)
+        if state.pre_begun:
+            state.pre_begun = False
+        else:
+            self._begin_attempt(state)
         try:
             response = self.client.start_recording(state.job.request)
         except ApiError as exc:
@@ -250,44 +264,73 @@ class Runner:
         self._log_call(state, response.http_status, response.latency_s, "ok")
         return response
 
-    def _take_rate_slot(self, state: _Delivery) -> None:
-        """Wait for the global limiter in place if the wait is short; else defer the job.
+    def _begin_attempt(self, state: _Delivery) -> None:
+        """Take a rate slot, then mark the attempt ``running`` before calling (write-ahead)."""
+        self._take_rate_slot(state)
+        begun = self.store.update(
+            state.job.id,
+            {
+                "status": Status.RUNNING.value,
+                "in_flight": True,
+                "maybe_started": state.maybe_started,
+                "next_attempt_at": None,
+                "error": None,
+            },
+            allowed_from=STARTABLE,
+            lease_token=state.token,
+            count_attempt=True,
+            clear_due=True,
+            renew_lease_s=self.lease_s,
+            metrics=state.take_pending(),
+        )
+        if not begun.applied or begun.job is None:
+            raise LeaseLost(begun.reason)
+        state.job = begun.job
+        self._log_state(state)
 
+    def _take_rate_slot(self, state: _Delivery) -> None:
+        """Wait for the global limiter in place if the wait is short; else defer the job."""
+        refusal = self._wait_for_slot(state.pending)
+        if refusal is None:
+            return
+        kind = "rate_limit_cooldown" if refusal.cooldown else "rate_limit_wait"
+        why = (
+            "the API asked every worker to pause (429 Retry-After)"
+            if refusal.cooldown
+            else f"the global rate limit ({self.limiter.rate_per_s:g}/s) is saturated"
+        )
+        # come back while the rest of the wait can still be taken in place, so no slot idles
+        # while the job travels through the dispatcher
+        defer_s = max(refusal.wait_s - self.inline_wait_max_s / 2, 0.0)
+        metrics.merge(state.pending, metrics.wait_increments(kind="deferred", wait_s=defer_s))
+        self._defer(state, defer_s, {"type": kind, "message": f"waiting: {why}"})
+        raise Deferred(defer_s, why)
+
+    def _wait_for_slot(self, pending: dict[str, int]) -> Admission | None:
+        """Hold a rate slot, after waiting in place for it if that is short; None when held.
+
+        Returns the limiter's refusal when the wait would be longer than a slot may be held.
         A reserved slot is checked once more after the wait: a 429 may have started a shared
         cool-down meanwhile, and a thread that woke well after its slot (a busy CPU) gives the
         slot up rather than call late, which would crowd the calls of the next second.
         """
-        metrics_key = metrics.key(self.store.prefix)
         late_s = max(0.5 / self.limiter.rate_per_s, LATE_WAKE_MIN_S)
         for _ in range(MAX_INLINE_LIMITER_WAITS):
             admission = self.limiter.acquire(max_wait_s=self.inline_wait_max_s)
             if admission.reserved and admission.wait_s <= 0:
-                return
+                return None
             if not admission.reserved and not (
                 admission.cooldown and admission.wait_s <= self.inline_wait_max_s
             ):
-                break
-            metrics.record_wait(
-                self.store.client, metrics_key, kind="inline", wait_s=admission.wait_s
-            )
+                return admission
+            metrics.merge(pending, metrics.wait_increments(kind="inline", wait_s=admission.wait_s))
             slot_at = time.monotonic() + admission.wait_s
             self.sleep(admission.wait_s)
             if not admission.reserved:
                 continue  # a short shared cool-down has passed: ask again
             if time.monotonic() - slot_at <= late_s and not self.limiter.peek().cooldown:
-                return
-        kind = "rate_limit_cooldown" if admission.cooldown else "rate_limit_wait"
-        why = (
-            "the API asked every worker to pause (429 Retry-After)"
-            if admission.cooldown
-            else f"the global rate limit ({self.limiter.rate_per_s:g}/s) is saturated"
-        )
-        # come back while the rest of the wait can still be taken in place, so no slot idles
-        # while the job travels through the dispatcher
-        defer_s = max(admission.wait_s - self.inline_wait_max_s / 2, 0.0)
-        self._defer(state, defer_s, {"type": kind, "message": f"waiting: {why}"})
-        metrics.record_wait(self.store.client, metrics_key, kind="deferred", wait_s=defer_s)
-        raise Deferred(defer_s, why)
+                return None
+        return admission
 
     # -- tenacity hooks -----------------------------------------------------------------------
 
@@ -405,7 +448,12 @@ class Runner:
     def _apply(self, state: _Delivery, patch: dict[str, Any], **kwargs: Any) -> None:
         """Write a change under our lease, riding out a Redis restart of up to half a minute."""
         result = STORE_RETRY(
-            self.store.update, state.job.id, patch, lease_token=state.token, **kwargs
+            self.store.update,
+            state.job.id,
+            patch,
+            lease_token=state.token,
+            metrics=state.take_pending(),
+            **kwargs,
         )
         if not result.applied and not _already_applied(result.job, patch):
             raise LeaseLost(result.reason)
@@ -415,35 +463,40 @@ class Runner:
 
     @staticmethod
     def _log_state(state: _Delivery) -> None:
-        """One structured line per state change."""
+        """One structured line per state change, with the call that led to it, if any."""
+        call = state.last_call
+        state.last_call = {}
         logger.info(
-            "job %s room=%s status=%s attempts=%d",
+            "job %s room=%s status=%s attempts=%d%s",
             state.job.id,
             state.job.room_id,
             state.job.status.value,
             state.job.attempts,
+            f" http={call['http_status']} latency_ms={call['latency_ms']}" if call else "",
             extra={
                 "job_id": state.job.id,
                 "room_id": state.job.room_id,
                 "status": state.job.status.value,
                 "attempt": state.job.attempts,
                 "http_status": state.job.http_status,
+                **call,
             },
         )
 
     def _log_call(
         self, state: _Delivery, http_status: int | None, latency_s: float | None, outcome: str
     ) -> None:
-        """Log one API call and count it in the shared metrics (one Redis round trip)."""
-        metrics.record_call(
-            self.store.client,
-            metrics.key(self.store.prefix),
-            http_status=http_status,
-            outcome=outcome,
-            latency_s=latency_s,
+        """Count one API call (sent with the next store write) and log it at debug level.
+
+        The state-change line that always follows carries its status and latency at info.
+        """
+        metrics.merge(
+            state.pending,
+            metrics.call_increments(http_status=http_status, outcome=outcome, latency_s=latency_s),
         )
         latency_ms = None if latency_s is None else round(latency_s * 1000, 1)
-        logger.info(
+        state.last_call = {"http_status": http_status, "latency_ms": latency_ms, "outcome": outcome}
+        logger.debug(
             "job %s room=%s attempt=%d call http=%s latency_ms=%s outcome=%s",
             state.job.id,
             state.job.room_id,
@@ -455,8 +508,6 @@ class Runner:
                 "job_id": state.job.id,
                 "room_id": state.job.room_id,
                 "attempt": state.job.attempts,
-                "http_status": http_status,
-                "latency_ms": latency_ms,
-                "outcome": outcome,
+                **state.last_call,
             },
         )

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,9 +71,14 @@ return ARGV[1]
 # ARGV[4] patch (JSON object merged into the record), ARGV[5] lease token that must hold the
 # lease ("" = no check), ARGV[6] "1" to count an attempt, ARGV[7] due: "" keep, "-" remove,
 # else ms to wait in the due set until, ARGV[8] lease: "" keep, "release", else ms to renew,
-# ARGV[9] index cutoff ms (creation times before it are expired)
+# ARGV[9] index cutoff ms (creation times before it are expired), ARGV[10] metrics hash ("" =
+# none) and ARGV[11..] its field, increment pairs: the counters of the calls this change reports,
+# added whether or not the change applies (the calls were made either way)
 # Returns {1, record} when applied, else {0, reason, record or nil}.
 UPDATE_LUA = """
+if ARGV[10] and ARGV[10] ~= '' then
+  for i = 11, #ARGV, 2 do redis.call('HINCRBY', ARGV[10], ARGV[i], ARGV[i + 1]) end
+end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {0, 'missing'} end
 if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return {0, 'lease_lost', raw} end
@@ -111,10 +116,15 @@ return {1, out}
 
 # KEYS[1] job, KEYS[2] lease, KEYS[3] held
 # ARGV[1] lease token, ARGV[2] lease ms, ARGV[3] now ms, ARGV[4] token of a holder known to be
-# dead, whose lease may be taken over ("" = none), ARGV[5] job id
-# Returns {kind, record, lease pttl, holder}: kind is claimed, finished, not_due, leased or
-# missing. A claim that finds ``_holder`` still set knows the last delivery died without
-# finishing (a killed worker): it counts it in ``lost_deliveries``.
+# dead, whose lease may be taken over ("" = none), ARGV[5] job id, ARGV[6] "1" to also begin
+# the first attempt (the caller holds a rate slot), ARGV[7] now as ISO 8601, ARGV[8] prefix,
+# ARGV[9] most attempts, ARGV[10] most lost deliveries
+# Returns {kind, record, lease pttl, holder} or {'claimed', record, began 0/1}: kind is claimed,
+# finished, not_due, leased or missing. A claim that finds ``_holder`` still set knows the last
+# delivery died without finishing (a killed worker): it counts it in ``lost_deliveries``.
+# Beginning an attempt is the same write-ahead as the runner's own (status running, in_flight,
+# attempts + 1), done here to save a round trip; it is skipped when the delivery will not call
+# (attempts or lost deliveries used up): then the runner fails the job instead.
 CLAIM_LUA = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'missing'} end
@@ -134,9 +144,28 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
 if rec._holder then rec.lost_deliveries = (rec.lost_deliveries or 0) + 1 end
 rec._holder = ARGV[1]
 rec.deliveries = (rec.deliveries or 0) + 1
+local began = 0
+if ARGV[6] == '1' and (rec.attempts or 0) - (rec._base or 0) < tonumber(ARGV[9])
+    and (rec.lost_deliveries or 0) < tonumber(ARGV[10]) then
+  began = 1
+  if rec.in_flight then rec.maybe_started = true end
+  if s ~= 'running' then
+    redis.call('ZREM', ARGV[8] .. ':status:' .. s, ARGV[5])
+    redis.call('ZADD', ARGV[8] .. ':status:running', rec._ts, ARGV[5])
+  end
+  if rec._due then redis.call('ZREM', ARGV[8] .. ':due', ARGV[5]) end
+  rec.status = 'running'
+  rec.in_flight = true
+  rec.attempts = (rec.attempts or 0) + 1
+  rec.error = nil
+  rec.next_attempt_at = nil
+  rec._due = nil
+  rec.updated_at = ARGV[7]
+  rec._touched = tonumber(ARGV[3])
+end
 local out = cjson.encode(rec)
 redis.call('SET', KEYS[1], out, 'KEEPTTL')
-return {'claimed', out}
+return {'claimed', out, began}
 """
 
 # KEYS[1] due
@@ -231,6 +260,7 @@ class Claim:
     job: Job | None
     lease_ttl_s: float = 0.0
     holder: str = ""
+    began: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +362,7 @@ class JobStore:
             existing = self.get(stored_id)
             if existing is not None:
                 return existing, False
-        return Job.from_record(json.dumps(record)), True
+        return Job.from_dict(record), True
 
     def delete(self, job: Job) -> None:
         """Remove a job entirely (used when its message could not be published)."""
@@ -364,11 +394,13 @@ class JobStore:
         clear_due: bool = False,
         release_lease: bool = False,
         renew_lease_s: float | None = None,
+        metrics: Mapping[str, int] | None = None,
     ) -> Update:
         """Apply ``patch`` atomically if the job's status is in ``allowed_from`` (any if None).
 
         ``updated_at`` is set, and ``finished_at`` when the new status is terminal. With
         ``lease_token`` the change applies only while that token holds the job's lease.
+        ``metrics`` are increments of the shared metrics hash, sent in the same round trip.
         """
         now = self.clock()
         patch = {**patch, "updated_at": utc_iso(now), "_touched": int(now * 1000)}
@@ -393,6 +425,8 @@ class JobStore:
                 due,
                 lease,
                 int((now - self.ttl_s) * 1000),
+                self.key("metrics") if metrics else "",
+                *(x for pair in (metrics or {}).items() for x in pair),
             ],
         )
         if result[0] == 1:
@@ -400,17 +434,44 @@ class JobStore:
         reason = result[1].decode()
         return Update(False, Job.from_record(result[2]) if len(result) > 2 else None, reason)
 
-    def claim(self, job_id: str, *, token: str, lease_s: float, take_over_from: str = "") -> Claim:
+    def claim(
+        self,
+        job_id: str,
+        *,
+        token: str,
+        lease_s: float,
+        take_over_from: str = "",
+        begin_attempt: bool = False,
+        max_attempts: int = 0,
+        max_lost_deliveries: int = 0,
+    ) -> Claim:
         """Take the job's lease for one delivery, unless it is finished, not due or leased.
 
         ``take_over_from`` names a lease holder known to be dead, whose lease may be taken.
+        With ``begin_attempt`` the claim also marks the first attempt ``running`` (see
+        :data:`CLAIM_LUA`) unless ``max_attempts`` or ``max_lost_deliveries`` are used up;
+        ``Claim.began`` says whether it did.
         """
+        now = self.clock()
         result = self._claim(
             keys=[self.key("job", job_id), self.key("lease", job_id), self.key("held")],
-            args=[token, int(lease_s * 1000), int(self.clock() * 1000), take_over_from, job_id],
+            args=[
+                token,
+                int(lease_s * 1000),
+                int(now * 1000),
+                take_over_from,
+                job_id,
+                "1" if begin_attempt else "0",
+                utc_iso(now),
+                self.prefix,
+                max_attempts,
+                max_lost_deliveries,
+            ],
         )
         kind = result[0].decode()
         job = Job.from_record(result[1]) if len(result) > 1 else None
+        if kind == "claimed":
+            return Claim(kind, job, began=bool(int(result[2])))
         if kind != "leased":
             return Claim(kind, job)
         return Claim(kind, job, max(int(result[2]), 0) / 1000, result[3].decode())

@@ -232,3 +232,47 @@ def test_sweep_leaves_finished_and_released_jobs_alone(
     assert rdb.zcard("t:held") == 0
     clock.now += 10_000
     assert store.sweep(held_quiet_s=1, queued_quiet_s=900) == 0
+
+
+def test_claim_can_begin_the_first_attempt_in_the_same_round_trip(
+    store: JobStore, rdb: redis.Redis
+) -> None:
+    job_id = new(store)
+    claim = store.claim(
+        job_id, token="a", lease_s=5, begin_attempt=True, max_attempts=3, max_lost_deliveries=3
+    )
+    assert claim.kind == "claimed" and claim.began and claim.job is not None
+    assert claim.job.status is Status.RUNNING and claim.job.attempts == 1 and claim.job.in_flight
+    assert rdb.zscore("t:status:running", job_id) is not None
+    assert rdb.zscore("t:status:queued", job_id) is None
+
+
+def test_claim_begins_nothing_when_the_delivery_will_not_call(store: JobStore) -> None:
+    job_id = new(store)
+    store.update(job_id, {"status": "retrying"}, count_attempt=True)
+    claim = store.claim(
+        job_id, token="a", lease_s=5, begin_attempt=True, max_attempts=1, max_lost_deliveries=3
+    )
+    assert claim.kind == "claimed" and not claim.began
+    assert claim.job is not None and claim.job.attempts == 1
+
+
+def test_a_begun_claim_after_a_lost_call_marks_the_job_maybe_started(store: JobStore) -> None:
+    job_id = new(store)
+    store.update(job_id, {"status": "running", "in_flight": True}, count_attempt=True)
+    claim = store.claim(
+        job_id, token="b", lease_s=5, begin_attempt=True, max_attempts=8, max_lost_deliveries=3
+    )
+    assert claim.began and claim.job is not None and claim.job.maybe_started
+
+
+def test_metrics_travel_with_an_update_even_when_it_is_refused(
+    store: JobStore, rdb: redis.Redis
+) -> None:
+    job_id = new(store)
+    store.update(job_id, {"status": "succeeded"})
+    refused = store.update(
+        job_id, {"status": "failed"}, allowed_from={Status.RUNNING}, metrics={"calls:200": 2}
+    )
+    assert not refused.applied
+    assert rdb.hget("t:metrics", "calls:200") == b"2"

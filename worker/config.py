@@ -71,6 +71,7 @@ class Settings:
     log_format: str = "text"
     key_prefix: str = "recorder"
     queue: str = "recorder"
+    task_events: bool = True
     beat_max_interval_s: float = 5.0
     beat_lock_timeout_s: int = 25
 
@@ -129,9 +130,21 @@ class Settings:
             log_format=_choice(env, "RECORDER_LOG_FORMAT", "text", LOG_FORMATS),
             key_prefix=env.get("RECORDER_KEY_PREFIX", "recorder"),
             queue=env.get("RECORDER_QUEUE", QUEUE),
+            task_events=_flag(env, "RECORDER_TASK_EVENTS", True),
             beat_max_interval_s=beat_max_interval_s,
             beat_lock_timeout_s=beat_lock_timeout_s,
         )
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
 
 
 def _read_secret(env: Mapping[str, str]) -> Secret | None:
@@ -223,8 +236,10 @@ def celery_config(s: Settings) -> dict[str, object]:
         "worker_pool": s.worker_pool,
         "worker_concurrency": s.worker_concurrency,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "task_send_sent_event": True,
-        "worker_send_task_events": True,
+        # Flower sees a job from the moment it is enqueued (flower#459); each event is one more
+        # publish per job, so deployments without Flower may turn them off
+        "task_send_sent_event": s.task_events,
+        "worker_send_task_events": s.task_events,
         "task_default_queue": s.queue,
         # a producer whose Redis is down gets an error within about 2 s, not a hang
         "task_publish_retry_policy": {

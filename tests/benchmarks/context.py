@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 
 import redis
@@ -28,6 +28,8 @@ class Context:
     ref_url: str
     ours_db: redis.Redis
     ref_db: redis.Redis
+    #: extra settings of ours from ``--ours-env NAME=VALUE`` (e.g. RECORDER_TASK_EVENTS=0)
+    ours_extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def ours_env(self) -> dict[str, str]:
@@ -39,6 +41,7 @@ class Context:
             "VIDEOSDK_API_BASE": self.sandbox.url,
             "RECORDER_RATE_LIMIT": UNLIMITED_RATE,
             "RECORDER_LOG_FORMAT": "text",
+            **self.ours_extra,
         }
 
     @property

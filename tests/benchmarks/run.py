@@ -90,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-db", type=int, default=3)
     parser.add_argument("--ref-db", type=int, default=4)
     parser.add_argument("--force", action="store_true", help="flush the dbs even if not empty")
+    parser.add_argument(
+        "--ours-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of ours for this run, e.g. RECORDER_TASK_EVENTS=0",
+    )
     args = parser.parse_args(argv)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(SECTIONS))
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             ours_db.flushdb()
             ref_db.flushdb()
             sandbox = Sandbox(procs)
-            ctx = Context(procs, sandbox, args.scale, ours_url, ref_url, ours_db, ref_db)
+            extra = dict(item.split("=", 1) for item in args.ours_env)
+            ctx = Context(procs, sandbox, args.scale, ours_url, ref_url, ours_db, ref_db, extra)
             # this process is a producer of both: settings are read from the environment once
             os.environ.update({**ctx.ours_env, **ctx.ref_env})
             ctx.use_ours(ctx.ours_env)
