@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -104,11 +104,19 @@ class CeleryProcess:
     """A real ``celery -A APP KIND`` subprocess (worker, beat, flower), output to a file."""
 
     def __init__(
-        self, kind: str, env: dict[str, str], log_path: Path, *args: str, app: str = "worker"
+        self,
+        kind: str,
+        env: dict[str, str],
+        log_path: Path,
+        *args: str,
+        app: str = "worker",
+        inherited: dict[str, str] | None = None,
     ) -> None:
+        """``inherited`` replaces this process's environment as the base of the child's."""
         self.log_path = log_path
-        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "celery", "-A", app, kind, "--loglevel=INFO", *args]
+        base = dict(os.environ) if inherited is None else inherited
+        full_env = {**base, **env, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "celery", "-A", app, kind, *args]
         self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
@@ -150,9 +158,8 @@ class WorkerProcess(CeleryProcess):
     def __init__(
         self, env: dict[str, str], log_path: Path, *args: str, app: str = "worker"
     ) -> None:
-        super().__init__(
-            "worker", env, log_path, "--without-mingle", "--without-gossip", *args, app=app
-        )
+        flags = ("--loglevel=INFO", "--without-mingle", "--without-gossip")
+        super().__init__("worker", env, log_path, *flags, *args, app=app)
 
     def wait_ready(self, timeout_s: float = 30.0) -> WorkerProcess:
         return self.wait_for_log("ready.", timeout_s)
@@ -230,3 +237,13 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.stop(signal.SIGKILL)
+
+
+def max_in_any_window(times_s: Sequence[float], window_s: float = 1.0) -> int:
+    """The most arrivals in any window ``[t, t + window_s)`` that starts at an arrival."""
+    ordered, most, end = sorted(times_s), 0, 0
+    for start, t in enumerate(ordered):
+        while end < len(ordered) and ordered[end] < t + window_s:
+            end += 1
+        most = max(most, end - start)
+    return most

@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,9 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script, sys.path[0] is this folder, not the project
     sys.path.insert(0, str(ROOT))
+
+from tests.conftest import max_in_any_window  # noqa: E402  (needs the path set just above)
+
 API_KEY = "bench-api-key"
 SECRET = "bench-secret-long-enough-for-hs256-0123456789"
 #: workers start on this empty queue and are switched to the real one together
@@ -82,16 +84,6 @@ class Row:
     enqueue_s: float
     drain_s: float
     verdict: str = ""
-
-
-def max_in_any_window(times_s: Sequence[float], window_s: float = 1.0) -> int:
-    """The most arrivals in any window ``[t, t + window_s)`` that starts at an arrival."""
-    ordered, most, end = sorted(times_s), 0, 0
-    for start, t in enumerate(ordered):
-        while end < len(ordered) and ordered[end] < t + window_s:
-            end += 1
-        most = max(most, end - start)
-    return most
 
 
 def cpu_s(pid: int) -> float | None:

@@ -22,7 +22,7 @@ class BeatProcess(CeleryProcess):
     """A real ``celery -A worker beat`` subprocess (no scheduler flags)."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        super().__init__("beat", env, log_path)
+        super().__init__("beat", env, log_path, "--loglevel=INFO")
 
     @property
     def leading(self) -> bool:

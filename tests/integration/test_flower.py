@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,15 @@ import yaml
 
 import tasks
 from tasks.logs import JWT
-from tests.conftest import ROOT, SECRET, RedisServer, WorkerProcess, free_port, wait_for
+from tests.conftest import (
+    ROOT,
+    SECRET,
+    CeleryProcess,
+    RedisServer,
+    WorkerProcess,
+    free_port,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,25 +36,16 @@ USER, PASSWORD = "ops", "flower-pw-3c9e1f"
 HTTP_TIMEOUT_S = 5.0
 
 
-class FlowerProcess:
+class FlowerProcess(CeleryProcess):
     """A real ``celery -A worker flower`` subprocess on a free loopback port."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
         # only the variables given here configure Flower: none inherited from the caller
         base = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
-        full_env = {**base, **env, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "celery", "-A", "worker", "flower"]
-        cmd += [f"--port={self.port}", "--address=127.0.0.1"]
-        self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        args = (f"--port={self.port}", "--address=127.0.0.1")
+        super().__init__("flower", env, log_path, *args, inherited=base)
 
     def get(self, path: str, *, auth: tuple[str, str] | None = (USER, PASSWORD)) -> Any:
         return requests.get(f"{self.url}{path}", auth=auth, timeout=HTTP_TIMEOUT_S)
@@ -65,16 +61,6 @@ class FlowerProcess:
 
         wait_for(answers, timeout_s=timeout_s, interval_s=0.2)
         return self
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
 
 
 def compose_flower_env() -> dict[str, str]:

@@ -17,7 +17,7 @@ import tasks
 from tasks import runtime
 from tasks.job import Job, Status
 from tasks.sandbox import SandboxServer
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess, max_in_any_window, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +41,6 @@ def finished(job_ids: Sequence[str]) -> list[Job] | None:
 def start_calls(sandbox: SandboxServer) -> list[dict[str, Any]]:
     """Start calls in order of arrival (the log is appended under a lock, so it is ordered)."""
     return [c for c in sandbox.calls() if c["path"].endswith("/start")]
-
-
-def max_in_any_window(times_s: Sequence[float], window_s: float = 1.0) -> int:
-    """The most arrivals in any window ``[t, t + window_s)`` that starts at an arrival."""
-    ordered, most, end = sorted(times_s), 0, 0
-    for start, t in enumerate(ordered):
-        while end < len(ordered) and ordered[end] < t + window_s:
-            end += 1
-        most = max(most, end - start)
-    return most
 
 
 def mean_gap_s(times_s: Sequence[float]) -> float:
