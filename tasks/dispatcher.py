@@ -3,8 +3,8 @@
 Every worker (and beat) runs one in a background thread, so retries and ``run_at`` jobs need no
 extra process:
 - every ``interval_s`` it publishes due jobs (scheduled ones, and deferred waits);
-  :data:`~tasks.store.POP_DUE_LUA` hands each to exactly one dispatcher, and a job whose publish
-  is not confirmed is handed out again 30 s later rather than lost;
+  ``POP_DUE_LUA`` (tasks.store_scripts) hands each to exactly one dispatcher, and a job whose
+  publish is not confirmed is handed out again 30 s later rather than lost;
 - every ``sweep_interval_s`` one of them (a Redis lock) sweeps for stranded jobs: claimed by a
   delivery whose lease expired (its worker died) or ``queued`` for longer than kombu's
   visibility timeout with nobody working on it (its message was lost), and puts them back in

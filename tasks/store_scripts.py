@@ -1,0 +1,214 @@
+"""The job store's Lua scripts: each change of a job is one atomic script, one round trip.
+
+Module constants with their KEYS and ARGV in a comment above each; :mod:`tasks.store` registers
+and calls them, and its docstring holds the key schema they share.
+"""
+
+from __future__ import annotations
+
+# KEYS[1] job, KEYS[2] idem (a placeholder when none), KEYS[3] jobs, KEYS[4] room,
+# KEYS[5] status index, KEYS[6] due
+# ARGV[1] id, ARGV[2] record, ARGV[3] ttl_s, ARGV[4] created ms, ARGV[5] "1" if idempotent,
+# ARGV[6] due ms or "", ARGV[7] prefix
+# Returns the id of the job now stored for that key: ARGV[1], or the existing one.
+CREATE_LUA = """
+if ARGV[5] == '1' then
+  local existing = redis.call('GET', KEYS[2])
+  if existing and redis.call('EXISTS', ARGV[7] .. ':job:' .. existing) == 1 then
+    return existing
+  end
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+local score = tonumber(ARGV[4])
+local cutoff = score - tonumber(ARGV[3]) * 1000
+for i = 3, 5 do
+  redis.call('ZADD', KEYS[i], score, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', cutoff)
+end
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+if ARGV[6] ~= '' then redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1]) end
+return ARGV[1]
+"""
+
+# KEYS[1] job, KEYS[2] lease
+# ARGV[1] prefix, ARGV[2] id, ARGV[3] allowed current statuses as " a b " ("" = any),
+# ARGV[4] patch (JSON object merged into the record), ARGV[5] lease token that must hold the
+# lease ("" = no check), ARGV[6] "1" to count an attempt, ARGV[7] due: "" keep, "-" remove,
+# else ms to wait in the due set until, ARGV[8] lease: "" keep, "release", else ms to renew,
+# ARGV[9] index cutoff ms (creation times before it are expired), ARGV[10] metrics hash ("" =
+# none) and ARGV[11..] its field, increment pairs: the counters of the calls this change reports,
+# added whether or not the change applies (the calls were made either way)
+# Returns {1, record} when applied, else {0, reason, record or nil}.
+UPDATE_LUA = """
+if ARGV[10] and ARGV[10] ~= '' then
+  for i = 11, #ARGV, 2 do redis.call('HINCRBY', ARGV[10], ARGV[i], ARGV[i + 1]) end
+end
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {0, 'missing'} end
+if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return {0, 'lease_lost', raw} end
+local rec = cjson.decode(raw)
+local old = rec.status
+if ARGV[3] ~= '' and not string.find(ARGV[3], ' ' .. old .. ' ', 1, true) then
+  return {0, 'status', raw}
+end
+for k, v in pairs(cjson.decode(ARGV[4])) do rec[k] = v end
+if ARGV[6] == '1' then rec.attempts = (rec.attempts or 0) + 1 end
+if ARGV[7] == '-' then
+  rec._due = nil
+  redis.call('ZREM', ARGV[1] .. ':due', ARGV[2])
+elseif ARGV[7] ~= '' then
+  rec._due = tonumber(ARGV[7])
+  redis.call('ZADD', ARGV[1] .. ':due', ARGV[7], ARGV[2])
+end
+if ARGV[8] == 'release' then
+  if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
+  rec._holder = nil
+  redis.call('ZREM', ARGV[1] .. ':held', ARGV[2])
+elseif ARGV[8] ~= '' then
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
+end
+local out = cjson.encode(rec)
+redis.call('SET', KEYS[1], out, 'KEEPTTL')
+if rec.status ~= old then
+  redis.call('ZREM', ARGV[1] .. ':status:' .. old, ARGV[2])
+  local index = ARGV[1] .. ':status:' .. rec.status
+  redis.call('ZADD', index, rec._ts, ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', ARGV[9])
+end
+return {1, out}
+"""
+
+# KEYS[1] job, KEYS[2] lease, KEYS[3] held
+# ARGV[1] lease token, ARGV[2] lease ms, ARGV[3] now ms, ARGV[4] token of a holder known to be
+# dead, whose lease may be taken over ("" = none), ARGV[5] job id, ARGV[6] "1" to also begin
+# the first attempt (the caller holds a rate slot), ARGV[7] now as ISO 8601, ARGV[8] prefix,
+# ARGV[9] most attempts, ARGV[10] most lost deliveries
+# Returns {kind, record, lease pttl, holder} or {'claimed', record, began 0/1}: kind is claimed,
+# finished, not_due, leased or missing. A claim that finds ``_holder`` still set knows the last
+# delivery died without finishing (a killed worker): it counts it in ``lost_deliveries``.
+# Beginning an attempt is the same write-ahead as the runner's own (status running, in_flight,
+# attempts + 1), done here to save a round trip; it is skipped when the delivery will not call
+# (attempts or lost deliveries used up): then the runner fails the job instead.
+CLAIM_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'missing'} end
+local rec = cjson.decode(raw)
+local s = rec.status
+if s == 'succeeded' or s == 'failed' or s == 'cancelled' then return {'finished', raw} end
+if s == 'scheduled' or (rec._due and rec._due > tonumber(ARGV[3])) then
+  return {'not_due', raw}
+end
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  if holder ~= ARGV[4] then return {'leased', raw, redis.call('PTTL', KEYS[2]), holder} end
+  redis.call('DEL', KEYS[2])
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
+if rec._holder then rec.lost_deliveries = (rec.lost_deliveries or 0) + 1 end
+rec._holder = ARGV[1]
+rec.deliveries = (rec.deliveries or 0) + 1
+local began = 0
+if ARGV[6] == '1' and (rec.attempts or 0) - (rec._base or 0) < tonumber(ARGV[9])
+    and (rec.lost_deliveries or 0) < tonumber(ARGV[10]) then
+  began = 1
+  if rec.in_flight then rec.maybe_started = true end
+  if s ~= 'running' then
+    redis.call('ZREM', ARGV[8] .. ':status:' .. s, ARGV[5])
+    redis.call('ZADD', ARGV[8] .. ':status:running', rec._ts, ARGV[5])
+  end
+  if rec._due then redis.call('ZREM', ARGV[8] .. ':due', ARGV[5]) end
+  rec.status = 'running'
+  rec.in_flight = true
+  rec.attempts = (rec.attempts or 0) + 1
+  rec.error = nil
+  rec.next_attempt_at = nil
+  rec._due = nil
+  rec.updated_at = ARGV[7]
+  rec._touched = tonumber(ARGV[3])
+end
+local out = cjson.encode(rec)
+redis.call('SET', KEYS[1], out, 'KEEPTTL')
+return {'claimed', out, began}
+"""
+
+# KEYS[1] due
+# ARGV[1] now ms, ARGV[2] most ids, ARGV[3] ms until an unconfirmed dispatch is retried,
+# ARGV[4] prefix, ARGV[5] now as ISO 8601
+# Takes the due jobs: scheduled ones become queued; each stays in the due set, pushed back by
+# ARGV[3], until DISPATCHED_LUA confirms its message was published (so a crash between the two
+# re-dispatches it instead of losing it). Returns a flat list of id, room id pairs.
+POP_DUE_LUA = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local out = {}
+for _, id in ipairs(ids) do
+  local key = ARGV[4] .. ':job:' .. id
+  local raw = redis.call('GET', key)
+  local rec = raw and cjson.decode(raw)
+  if not rec or rec.status == 'succeeded' or rec.status == 'failed'
+      or rec.status == 'cancelled' then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), id)
+    if rec.status == 'scheduled' then
+      redis.call('ZREM', ARGV[4] .. ':status:scheduled', id)
+      redis.call('ZADD', ARGV[4] .. ':status:queued', rec._ts, id)
+      rec.status = 'queued'
+      rec.updated_at = ARGV[5]
+    end
+    rec._due = nil
+    rec._touched = tonumber(ARGV[1])
+    redis.call('SET', key, cjson.encode(rec), 'KEEPTTL')
+    table.insert(out, id)
+    table.insert(out, rec.room_id)
+  end
+end
+return out
+"""
+
+# KEYS[1] due; ARGV: pairs of id, the score POP_DUE_LUA gave it. Removes each id whose score is
+# unchanged (a job deferred again meanwhile keeps its new time).
+DISPATCHED_LUA = """
+for i = 1, #ARGV, 2 do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return 1
+"""
+
+# KEYS[1] due, KEYS[2] held; ARGV[1] prefix, ARGV[2] now ms, ARGV[3] ms a job whose holder
+# vanished must have been left alone, ARGV[4] the same for a job nobody claimed, ARGV[5..] ids
+# A job is stranded when it is not finished, nobody holds its lease and it is not waiting in the
+# due set, and either a delivery claimed it and died (``_holder`` is still set: a killed worker)
+# or nothing has happened to it for ARGV[4] ms (its message was lost; a queued job may simply
+# wait in a long broker queue, so ARGV[4] is past kombu's visibility timeout). Each stranded
+# job is put in the due set for the dispatcher and marked ``_swept``, so it is not put there
+# again before that time has passed once more.
+SWEEP_LUA = """
+local now = tonumber(ARGV[2])
+local found = 0
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local key = ARGV[1] .. ':job:' .. id
+  local raw = redis.call('GET', key)
+  local rec = raw and cjson.decode(raw)
+  local live = rec and (rec.status == 'queued' or rec.status == 'running'
+                        or rec.status == 'retrying')
+  if not live or not rec._holder then redis.call('ZREM', KEYS[2], id) end
+  if live and not rec._due and redis.call('EXISTS', ARGV[1] .. ':lease:' .. id) == 0 then
+    local quiet = tonumber(ARGV[4])
+    if rec._holder then quiet = tonumber(ARGV[3]) end
+    local since = math.max(rec._swept or 0, rec._touched or rec._ts)
+    if since < now - quiet then
+      rec._swept = now
+      rec._due = now
+      redis.call('ZADD', KEYS[1], now, id)
+      redis.call('SET', key, cjson.encode(rec), 'KEEPTTL')
+      found = found + 1
+    end
+  end
+end
+return found
+"""
