@@ -14,6 +14,7 @@ traceback, and never shows a secret (URLs are redacted).
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -300,6 +301,11 @@ def _show(data: dict[str, Any], view: Callable[[dict[str, Any]], str], as_json: 
 
 
 def _configure_health(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--this-host",
+        action="store_true",
+        help="only a worker named celery@<this hostname> counts (a container's own check)",
+    )
     p.set_defaults(run=_health)
 
 
@@ -311,10 +317,12 @@ def _health(args: argparse.Namespace) -> int:
         raise CommandFailed(f"redis does not answer at {url}: {exc}") from None
     from worker.app import app
 
-    replies = app.control.ping(timeout=HEALTH_PING_TIMEOUT_S) or []
+    destination = [f"celery@{socket.gethostname()}"] if args.this_host else None
+    replies = app.control.ping(destination=destination, timeout=HEALTH_PING_TIMEOUT_S) or []
     if not replies:
+        who = f"worker {destination[0]}" if destination else "worker"
         raise CommandFailed(
-            f"redis answers, but no worker replied within {HEALTH_PING_TIMEOUT_S:g}s"
+            f"redis answers, but no {who} replied within {HEALTH_PING_TIMEOUT_S:g}s"
         )
     print(f"ok: redis answers, {len(replies)} worker(s) replied")
     return 0

@@ -176,8 +176,11 @@ def test_flower_has_basic_auth_and_port_5555(compose: dict[str, Any]) -> None:
     assert flower["healthcheck"]["test"]
 
 
-def test_the_worker_health_check_is_recorder_health(compose: dict[str, Any]) -> None:
-    assert compose["services"]["worker"]["healthcheck"]["test"] == ["CMD", "recorder", "health"]
+def test_the_worker_health_check_is_recorder_health_of_its_own_host(
+    compose: dict[str, Any],
+) -> None:
+    test = compose["services"]["worker"]["healthcheck"]["test"]
+    assert test == ["CMD", "recorder", "health", "--this-host"]
 
 
 def test_dockerfile_runs_as_a_non_root_user_and_holds_no_secret() -> None:

@@ -152,3 +152,18 @@ def test_health_exits_0_when_a_worker_replies(
     out, err = capsys.readouterr()
     assert code == 0, err
     assert out == "ok: redis answers, 1 worker(s) replied\n"
+    assert cli.main(["health", "--this-host"]) == 0
+
+
+def test_health_this_host_ignores_workers_of_other_hosts(
+    start_worker: Callable[..., WorkerProcess],
+    recorder_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tasks import cli
+
+    start_worker("-n", "celery@some-other-host")
+    assert cli.main(["health"]) == 0
+    capsys.readouterr()
+    assert cli.main(["health", "--this-host"]) == 1
+    assert "no worker celery@" in capsys.readouterr().err
