@@ -33,17 +33,12 @@ def _use_redis(url: str) -> None:
 
 
 @pytest.fixture
-def env() -> Iterator[None]:
+def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The environment variables the runtime reads, restored (and the runtime rebuilt) after."""
-    saved = {name: os.environ.get(name) for name in SETTINGS_VARS}
     for name in SETTINGS_VARS:
-        os.environ.pop(name, None)
+        monkeypatch.delenv(name, raising=False)
     yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    monkeypatch.undo()
     runtime.reset()
 
 
