@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Self, TypeVar
 
 import pytest
 import redis
@@ -19,6 +19,7 @@ import redis
 from tasks import runtime
 from tasks.sandbox import SandboxServer
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -30,8 +31,8 @@ SECRET = "s3cr3t-7f1d0c9a5be84e2f9c3a-never-log-me"
 
 
 def wait_for(
-    predicate: Callable[[], Any], *, timeout_s: float = 10.0, interval_s: float = 0.05
-) -> Any:
+    predicate: Callable[[], T], *, timeout_s: float = 10.0, interval_s: float = 0.05, what: str = ""
+) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -39,7 +40,7 @@ def wait_for(
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
+            raise AssertionError(f"{what or 'condition'} not met within {timeout_s}s")
         time.sleep(interval_s)
 
 

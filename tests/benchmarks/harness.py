@@ -15,12 +15,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
+
+from tests.conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "bench-api-key"
@@ -29,27 +31,6 @@ SECRET = "bench-secret-long-enough-for-hs256-0123456789"
 #: so every job is queued before any is taken and all workers start at the same moment.
 HOLD_QUEUE = "bench-hold"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-T = TypeVar("T")
-
-
-def wait_until(
-    predicate: Callable[[], T], *, timeout_s: float, interval_s: float = 0.1, what: str = ""
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; RuntimeError after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what or predicate}")
-        time.sleep(interval_s)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def descendants(pid: int) -> list[int]:
@@ -176,7 +157,7 @@ class Sandbox:
             except requests.ConnectionError:
                 return False
 
-        wait_until(healthy, timeout_s=30, what="the sandbox to answer")
+        wait_for(healthy, timeout_s=30, what="the sandbox to answer")
 
     def reset(self, *, latency_s: float = 0.0) -> None:
         """Forget calls and rooms, and answer start calls after ``latency_s``."""
@@ -231,7 +212,7 @@ class CeleryWorkers:
             replies = self.app.control.ping(destination=self.names, timeout=0.5)
             return {name for reply in replies for name in reply} >= set(self.names)
 
-        wait_until(all_answer, timeout_s=timeout_s, interval_s=0.2, what="workers to answer")
+        wait_for(all_answer, timeout_s=timeout_s, interval_s=0.2, what="workers to answer")
 
     def release(self, queue: str, names: Sequence[str] | None = None) -> float:
         """Make these workers (default all) consume ``queue``; returns the epoch it was sent."""
@@ -268,7 +249,7 @@ class DramatiqWorkers:
             self.check_alive()
             return int(client.zcard(f"{NAMESPACE}:__heartbeats__")) >= processes
 
-        wait_until(beating, timeout_s=timeout_s, interval_s=0.2, what="dramatiq workers")
+        wait_for(beating, timeout_s=timeout_s, interval_s=0.2, what="dramatiq workers")
 
     def pids(self) -> list[int]:
         return self.started.tree()
