@@ -15,11 +15,12 @@ import redis
 
 from tasks.client import ApiClient
 from tasks.connections import redis_client
+from tasks.dispatcher import Dispatcher
 from tasks.ratelimit import RedisRateLimiter
 from tasks.runner import Runner
 from tasks.store import JobStore
 from tasks.tokens import TokenMinter
-from worker.config import Settings, settings
+from worker.config import VISIBILITY_TIMEOUT_S, Settings, settings
 
 T = TypeVar("T")
 _lock = threading.RLock()
@@ -103,3 +104,19 @@ def runner() -> Runner:
         )
 
     return _once("runner", build)
+
+
+def new_dispatcher() -> Dispatcher:
+    """A due-job dispatcher and sweeper, as every worker and beat runs one (not yet started).
+
+    A queued job counts as stranded only once kombu's visibility timeout (plus a margin) has
+    passed with nobody working on it: until then its message may simply be waiting in the queue.
+    """
+    from tasks.producer import publish
+
+    return Dispatcher(
+        store=store(),
+        publish=publish,
+        sweep_interval_s=settings().sweep_interval_s,
+        queued_quiet_s=VISIBILITY_TIMEOUT_S + 60,
+    )

@@ -44,9 +44,8 @@ from tasks import runtime, schedules
 from tasks.cron import FireTimes
 from tasks.dispatcher import Dispatcher
 from tasks.job import Job
-from tasks.producer import enqueue_recording, publish
+from tasks.producer import enqueue_recording
 from tasks.schedule_store import FIRE_TASK, fire_times, recorder_spec
-from worker.config import VISIBILITY_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +75,7 @@ class RecorderScheduler(RedBeatScheduler):
     def setup_schedule(self) -> None:
         # only the real scheduler gets here; celery also builds a ``lazy`` one for its banner
         super().setup_schedule()
-        self._dispatcher = Dispatcher(
-            store=runtime.store(),
-            publish=publish,
-            sweep_interval_s=runtime.config().sweep_interval_s,
-            queued_quiet_s=VISIBILITY_TIMEOUT_S + 60,  # as the workers' (worker.steps)
-        )
+        self._dispatcher = runtime.new_dispatcher()
         self._dispatcher.start()
 
     def install_default_entries(self, data: Any) -> None:

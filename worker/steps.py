@@ -14,8 +14,6 @@ from kombu.transport import redis as kombu_redis
 from tasks import logs, runtime
 from tasks.dispatcher import Dispatcher as DueDispatcher
 from tasks.errors import ConfigurationError
-from tasks.producer import publish
-from worker.config import VISIBILITY_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +86,7 @@ class Dispatcher(bootsteps.StartStopStep):
         self.dispatcher: DueDispatcher | None = None
 
     def start(self, parent: Any) -> None:
-        self.dispatcher = DueDispatcher(
-            store=runtime.store(),
-            publish=publish,
-            sweep_interval_s=runtime.config().sweep_interval_s,
-            queued_quiet_s=VISIBILITY_TIMEOUT_S + 60,
-        )
+        self.dispatcher = runtime.new_dispatcher()
         self.dispatcher.start()
 
     def stop(self, parent: Any) -> None:
