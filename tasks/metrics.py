@@ -19,7 +19,7 @@ field                       counts
 ==========================  ===================================================================
 
 Workers send their increments along with the job-store write that follows each call (no round
-trip of their own); :func:`record` applies them alone where no write follows. A failure to count
+trip of their own); :func:`record` applies increments on their own. A failure to count
 is logged at debug level and never fails the job. :func:`snapshot` reads the hash back as a dict,
 with p50/p90/p99 estimated from the buckets, and :func:`prometheus_text` renders a snapshot
 (plus job counts and queue depth) in the Prometheus text exposition format.
@@ -82,35 +82,14 @@ def merge(into: dict[str, int], more: Mapping[str, int]) -> dict[str, int]:
 
 
 def record(client: redis.Redis, metrics_key: str, increments: Mapping[str, int]) -> None:
-    """Apply increments in one pipelined round trip. The runner sends its increments along
-    with its next job-store write instead (:meth:`tasks.store.JobStore.update`), for free."""
+    """Apply increments in one pipelined round trip (for tools and tests: the runner sends its
+    increments along with its next job-store write, :meth:`tasks.store.JobStore.update`)."""
     if not increments:
         return
     pipe = client.pipeline(transaction=False)
     for field, amount in increments.items():
         pipe.hincrby(metrics_key, field, amount)
     _execute(pipe)
-
-
-def record_call(
-    client: redis.Redis,
-    metrics_key: str,
-    *,
-    http_status: int | None,
-    outcome: str,
-    latency_s: float | None,
-) -> None:
-    """Count one API call and its latency, in one round trip."""
-    record(
-        client,
-        metrics_key,
-        call_increments(http_status=http_status, outcome=outcome, latency_s=latency_s),
-    )
-
-
-def record_wait(client: redis.Redis, metrics_key: str, *, kind: str, wait_s: float) -> None:
-    """Count one rate-limit wait of ``wait_s`` seconds; ``kind`` is inline or deferred."""
-    record(client, metrics_key, wait_increments(kind=kind, wait_s=wait_s))
 
 
 def _execute(pipe: Any) -> None:

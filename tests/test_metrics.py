@@ -50,7 +50,9 @@ def test_a_call_is_counted_by_status_and_latency_bucket_in_one_round_trip(
     rdb: redis.Redis,
 ) -> None:
     spy = CountingClient(rdb)
-    metrics.record_call(spy, KEY, http_status=200, outcome="ok", latency_s=0.0301)  # type: ignore[arg-type]
+    metrics.record(
+        spy, KEY, metrics.call_increments(http_status=200, outcome="ok", latency_s=0.0301)
+    )  # type: ignore[arg-type]
     assert spy.round_trips == 1
     assert fields(rdb) == {
         "calls:200": 1,
@@ -61,8 +63,14 @@ def test_a_call_is_counted_by_status_and_latency_bucket_in_one_round_trip(
 
 
 def test_a_call_without_an_answer_is_counted_by_its_outcome(rdb: redis.Redis) -> None:
-    metrics.record_call(rdb, KEY, http_status=None, outcome="timeout", latency_s=2.0)
-    metrics.record_call(rdb, KEY, http_status=None, outcome="connection_error", latency_s=None)
+    metrics.record(
+        rdb, KEY, metrics.call_increments(http_status=None, outcome="timeout", latency_s=2.0)
+    )
+    metrics.record(
+        rdb,
+        KEY,
+        metrics.call_increments(http_status=None, outcome="connection_error", latency_s=None),
+    )
     snap = metrics.snapshot(rdb, "t")
     assert snap["api_calls"] == {"connection_error": 1, "timeout": 1}
     assert snap["api_latency_ms"]["count"] == 1 and snap["api_latency_ms"]["sum"] == 2000.0
@@ -79,8 +87,10 @@ def test_latency_buckets_include_their_upper_bound(latency_ms: float, bucket: st
 def test_snapshot_estimates_quantiles_from_the_buckets(rdb: redis.Redis) -> None:
     for latency_ms, n in ((10, 50), (80, 40), (3000, 10)):
         for _ in range(n):
-            metrics.record_call(
-                rdb, KEY, http_status=200, outcome="ok", latency_s=latency_ms / 1000
+            metrics.record(
+                rdb,
+                KEY,
+                metrics.call_increments(http_status=200, outcome="ok", latency_s=latency_ms / 1000),
             )
     latency = metrics.snapshot(rdb, "t")["api_latency_ms"]
     assert latency["count"] == 100 and latency["sum"] == 50 * 10 + 40 * 80 + 10 * 3000
@@ -103,9 +113,9 @@ def test_an_empty_snapshot_has_zeros_and_no_quantiles(rdb: redis.Redis) -> None:
 
 
 def test_waits_are_counted_by_kind_with_their_length(rdb: redis.Redis) -> None:
-    metrics.record_wait(rdb, KEY, kind="inline", wait_s=0.25)
-    metrics.record_wait(rdb, KEY, kind="inline", wait_s=0.5)
-    metrics.record_wait(rdb, KEY, kind="deferred", wait_s=9.0)
+    metrics.record(rdb, KEY, metrics.wait_increments(kind="inline", wait_s=0.25))
+    metrics.record(rdb, KEY, metrics.wait_increments(kind="inline", wait_s=0.5))
+    metrics.record(rdb, KEY, metrics.wait_increments(kind="deferred", wait_s=9.0))
     snap = metrics.snapshot(rdb, "t")
     assert snap["rate_limit_waits"] == {"inline": 2, "deferred": 1}
     assert snap["rate_limit_wait_s"] == {"inline": 0.75, "deferred": 9.0}
@@ -113,14 +123,16 @@ def test_waits_are_counted_by_kind_with_their_length(rdb: redis.Redis) -> None:
 
 def test_counting_against_a_dead_redis_does_not_raise() -> None:
     dead = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    metrics.record_call(dead, KEY, http_status=200, outcome="ok", latency_s=0.1)
-    metrics.record_wait(dead, KEY, kind="inline", wait_s=0.1)
+    metrics.record(dead, KEY, metrics.call_increments(http_status=200, outcome="ok", latency_s=0.1))
+    metrics.record(dead, KEY, metrics.wait_increments(kind="inline", wait_s=0.1))
 
 
 def test_prometheus_text_parses_and_holds_every_family(rdb: redis.Redis) -> None:
-    metrics.record_call(rdb, KEY, http_status=200, outcome="ok", latency_s=0.04)
-    metrics.record_call(rdb, KEY, http_status=503, outcome="server_error", latency_s=0.3)
-    metrics.record_wait(rdb, KEY, kind="deferred", wait_s=2)
+    metrics.record(rdb, KEY, metrics.call_increments(http_status=200, outcome="ok", latency_s=0.04))
+    metrics.record(
+        rdb, KEY, metrics.call_increments(http_status=503, outcome="server_error", latency_s=0.3)
+    )
+    metrics.record(rdb, KEY, metrics.wait_increments(kind="deferred", wait_s=2))
     text = metrics.prometheus_text(
         metrics.snapshot(rdb, "t"), jobs={"queued": 3, "succeeded": 7}, queue_depth=2, due=1
     )

@@ -39,7 +39,7 @@ from tests.benchmarks.harness import CeleryWorkers, Processes, Sandbox  # noqa: 
 CATEGORIES = [
     ("HTTP call: ApiClient.start_recording", "start_recording (tasks/client.py"),
     ("HTTP call: plain post_start", "post_start (tests/benchmarks/plain_celery.py"),
-    ("metrics: record_call / record_wait", "tasks/metrics.py"),
+    ("metrics", "tasks/metrics.py"),
     ("job store: claim / update scripts", "tasks/store.py"),
     ("rate limiter: acquire script", "tasks/ratelimit.py"),
     ("logging: any log line", "logging/__init__.py"),
