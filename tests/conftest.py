@@ -16,7 +16,9 @@ from typing import Self, TypeVar
 import pytest
 import redis
 
+import tasks
 from tasks import runtime
+from tasks.job import Job
 from tasks.sandbox import SandboxServer
 
 T = TypeVar("T")
@@ -42,6 +44,14 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what or 'condition'} not met within {timeout_s}s")
         time.sleep(interval_s)
+
+
+def finished(job_ids: Sequence[str]) -> list[Job] | None:
+    """The jobs, once every one of them has finished; None before (a ``wait_for`` predicate)."""
+    jobs = [tasks.get_job(i) for i in job_ids]
+    if all(j is not None and j.finished for j in jobs):
+        return jobs  # type: ignore[return-value]
+    return None
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import tasks
 from tasks.job import Status
 from tasks.sandbox import SandboxServer
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess, finished, wait_for
 
 #: worker settings of the soak: short timeouts so a killed worker's jobs come back quickly
 SOAK_ENV = {
@@ -66,11 +66,7 @@ def run_soak(
         worker.stop(signal.SIGKILL)
         worker = start_worker()
 
-    def all_finished() -> bool:
-        jobs = [tasks.get_job(i) for i in ids]
-        return all(j is not None and j.finished for j in jobs)
-
-    wait_for(all_finished, timeout_s=timeout_s, interval_s=0.5)
+    wait_for(lambda: finished(ids), timeout_s=timeout_s, interval_s=0.5)
     seconds = time.monotonic() - started
     jobs = [tasks.get_job(i) for i in ids]
     calls = [c for c in sandbox.calls() if c["path"].endswith("/start")]

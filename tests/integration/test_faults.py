@@ -17,10 +17,10 @@ import pytest
 
 import tasks
 from tasks import runtime
-from tasks.job import Job, Status
+from tasks.job import Status
 from tasks.producer import publish
 from tasks.sandbox import SandboxServer
-from tests.conftest import RedisServer, WorkerProcess, wait_for
+from tests.conftest import RedisServer, WorkerProcess, finished, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,13 +32,6 @@ FAULT_ENV = {
     "RECORDER_SWEEP_INTERVAL": "1",
 }
 RECOVERY_BOUND_S = 10 + 1 + 1 + 5  # lease + sweep + dispatch + a margin for a loaded machine
-
-
-def finished(job_ids: list[str]) -> list[Job] | None:
-    jobs = [tasks.get_job(i) for i in job_ids]
-    if all(j is not None and j.finished for j in jobs):
-        return jobs  # type: ignore[return-value]
-    return None
 
 
 def successful_starts(sandbox: SandboxServer) -> Counter[str]:

@@ -10,24 +10,17 @@ from typing import Any
 import pytest
 
 import tasks
-from tasks.job import Job, Status
+from tasks.job import Status
 from tasks.logs import JWT
 from tasks.sandbox import SandboxServer
 from tasks.tokens import TokenMinter
-from tests.conftest import API_KEY, SECRET, WorkerProcess, wait_for
+from tests.conftest import API_KEY, SECRET, WorkerProcess, finished, wait_for
 
 pytestmark = pytest.mark.integration
 
 StartWorker = Callable[..., WorkerProcess]
 #: Celery's own text format, which JSON mode must replace for every record.
 TEXT_RECORD = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+: [A-Z]+/")
-
-
-def finished(job_ids: list[str]) -> list[Job] | None:
-    jobs = [tasks.get_job(i) for i in job_ids]
-    if all(j is not None and j.finished for j in jobs):
-        return jobs  # type: ignore[return-value]
-    return None
 
 
 def test_json_log_of_a_run_with_failures_parses_and_leaks_nothing(

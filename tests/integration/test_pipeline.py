@@ -13,20 +13,13 @@ import pytest
 import redis
 
 import tasks
-from tasks.job import Job, Status
+from tasks.job import Status
 from tasks.sandbox import SandboxServer
-from tests.conftest import ROOT, SECRET, WorkerProcess, wait_for
+from tests.conftest import ROOT, SECRET, WorkerProcess, finished, wait_for
 
 pytestmark = pytest.mark.integration
 
 StartWorker = Callable[..., WorkerProcess]
-
-
-def finished(job_ids: list[str]) -> list[Job] | None:
-    jobs = [tasks.get_job(i) for i in job_ids]
-    if all(j is not None and j.finished for j in jobs):
-        return jobs  # type: ignore[return-value]
-    return None
 
 
 def test_happy_path_every_job_succeeds_once(

@@ -17,7 +17,7 @@ import tasks
 from tasks import runtime
 from tasks.job import Job, Status
 from tasks.sandbox import SandboxServer
-from tests.conftest import WorkerProcess, max_in_any_window, wait_for
+from tests.conftest import WorkerProcess, finished, max_in_any_window, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +29,6 @@ BURST = 1
 #: the most calls GCRA lets into any 1 s window: the rate, plus the burst that may go at once
 MOST_PER_WINDOW = RATE_PER_S + BURST
 LIMITER_WAITS = {"rate_limit_wait", "rate_limit_cooldown"}
-
-
-def finished(job_ids: Sequence[str]) -> list[Job] | None:
-    jobs = [tasks.get_job(i) for i in job_ids]
-    if all(j is not None and j.finished for j in jobs):
-        return jobs  # type: ignore[return-value]
-    return None
 
 
 def start_calls(sandbox: SandboxServer) -> list[dict[str, Any]]:
