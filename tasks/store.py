@@ -43,6 +43,7 @@ from tasks.job import Job, Status, utc_iso
 from tasks.store_scripts import (
     CLAIM_LUA,
     CREATE_LUA,
+    DELETE_IF_EQUAL_LUA,
     DISPATCHED_LUA,
     POP_DUE_LUA,
     SWEEP_LUA,
@@ -94,6 +95,7 @@ class JobStore:
         self._pop_due = client.register_script(POP_DUE_LUA)
         self._dispatched = client.register_script(DISPATCHED_LUA)
         self._sweep = client.register_script(SWEEP_LUA)
+        self._delete_if_equal = client.register_script(DELETE_IF_EQUAL_LUA)
 
     def key(self, kind: str, name: str = "") -> str:
         """The one place Redis keys are built: ``{prefix}:{kind}[:{name}]``."""
@@ -176,12 +178,7 @@ class JobStore:
         pipe.execute()
         if job.idempotency_key:
             # only if it still names this job: never drop another job's key
-            self.client.eval(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
-                1,
-                self.key("idem", job.idempotency_key),
-                job.id,
-            )
+            self._delete_if_equal(keys=[self.key("idem", job.idempotency_key)], args=[job.id])
 
     def update(
         self,

@@ -212,3 +212,10 @@ for i = 5, #ARGV do
 end
 return found
 """
+
+# KEYS[1] a key; ARGV[1] the value it must hold. Deletes the key only if it holds that value (a
+# job's idempotency key, removed with the job only while it still names that job).
+DELETE_IF_EQUAL_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
