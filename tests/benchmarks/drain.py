@@ -10,9 +10,10 @@ sandbox's) user+system time between the release and the end, per job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,13 +104,10 @@ def _ours(ctx: Context, spec: Spec, rooms: list[str]) -> Started:
         extra_args=spec.args,
         label="ours",
     )
-    try:
+    with _stop_on_error(workers):
         _enqueue(ctx, env, rooms)
         workers.wait_ready()
         released = workers.release("recorder")
-    except BaseException:
-        workers.stop()
-        raise
     return (
         released,
         workers.pids(),
@@ -138,14 +136,11 @@ def _plain(ctx: Context, spec: Spec, rooms: list[str]) -> Started:
         extra_args=spec.args,
         label="plain",
     )
-    try:
+    with _stop_on_error(workers):
         for room in rooms:
             plain_celery.start_recording.delay({"roomId": room})
         workers.wait_ready()
         released = workers.release(plain_celery.QUEUE)
-    except BaseException:
-        workers.stop()
-        raise
     return (
         released,
         workers.pids(),
@@ -166,19 +161,26 @@ def _dramatiq(ctx: Context, spec: Spec, rooms: list[str]) -> Started:
         raise RuntimeError(f"expected {len(rooms)} ids in {key}, found {ctx.ref_db.llen(key)}")
     ctx.ref_db.rename(key, held)
     workers = DramatiqWorkers(ctx.procs, env=ctx.ref_env, args=spec.args)
-    try:
+    with _stop_on_error(workers):
         workers.wait_ready(ctx.ref_db, spec.processes)
         released = time.time()
         ctx.ref_db.rename(held, key)
-    except BaseException:
-        workers.stop()
-        raise
     return (
         released,
         workers.pids(),
         lambda n: _wait_calls(ctx, n, key, workers.check_alive),
         workers.stop,
     )
+
+
+@contextlib.contextmanager
+def _stop_on_error(workers: Any) -> Iterator[None]:
+    """Stop the workers just started if what follows fails (also on Ctrl-C)."""
+    try:
+        yield
+    except BaseException:
+        workers.stop()
+        raise
 
 
 def _wait_calls(ctx: Context, total: int, queue_key: str, check: Callable[[], None]) -> None:
