@@ -7,11 +7,14 @@ settings) is imported when first used, so ``import tasks`` stays cheap and cycle
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 
+from tasks import outbox
 from tasks.errors import BrokerUnavailable, JobNotFound, ValidationError
 from tasks.job import CANCELLABLE, Job, Status
 from tasks.request import RecordingRequest
@@ -56,22 +59,21 @@ def enqueue_recording(
     _check_key(idempotency_key)
     store = runtime.store()
     run_at_s = _check_run_at(run_at, now_s=store.clock(), ttl_s=store.ttl_s)
+    job_id = uuid.uuid4().hex
     try:
+        # a job due now is stored together with its message, in one atomic step
+        message = [] if run_at_s is not None else outbox.message_commands(job_id, room_id)
         job, created = store.create(
             room_id=room_id,
             request=request.to_body(),
             idempotency_key=idempotency_key,
             run_at_s=run_at_s,
             schedule=schedule,
+            job_id=job_id,
+            publish=message,
         )
-    except redis.RedisError as exc:
+    except (redis.RedisError, OperationalError, OSError) as exc:
         raise BrokerUnavailable(f"Redis did not take the job: {exc}") from exc
-    if created and job.status is Status.QUEUED:
-        try:
-            publish(job.id, job.room_id)
-        except Exception as exc:
-            _forget(job)
-            raise BrokerUnavailable(f"the job could not be queued: {exc}") from exc
     logger.info(
         "job %s %s room=%s",
         job.id,
@@ -152,17 +154,6 @@ def retry_job(job_id: str) -> Job:
         return result.job or job
     publish(job_id, job.room_id)
     return result.job
-
-
-def _forget(job: Job) -> None:
-    from tasks import runtime
-
-    try:
-        runtime.store().delete(job)
-    except redis.RedisError:
-        # Redis took the record but neither the message nor the delete: the record stays
-        # `queued` and the worker's sweep re-publishes it, so the job is late, not lost.
-        logger.exception("job %s: could not remove the record of an unpublished job", job.id)
 
 
 def _check_key(key: str | None) -> None:

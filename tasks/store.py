@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,6 @@ from tasks.job import Job, Status, utc_iso
 from tasks.store_scripts import (
     CLAIM_LUA,
     CREATE_LUA,
-    DELETE_IF_EQUAL_LUA,
     DISPATCHED_LUA,
     POP_DUE_LUA,
     SWEEP_LUA,
@@ -95,7 +94,6 @@ class JobStore:
         self._pop_due = client.register_script(POP_DUE_LUA)
         self._dispatched = client.register_script(DISPATCHED_LUA)
         self._sweep = client.register_script(SWEEP_LUA)
-        self._delete_if_equal = client.register_script(DELETE_IF_EQUAL_LUA)
 
     def key(self, kind: str, name: str = "") -> str:
         """The one place Redis keys are built: ``{prefix}:{kind}[:{name}]``."""
@@ -111,15 +109,19 @@ class JobStore:
         idempotency_key: str | None = None,
         run_at_s: float | None = None,
         schedule: str | None = None,
+        job_id: str | None = None,
+        publish: Sequence[tuple[str, str, str]] = (),
     ) -> tuple[Job, bool]:
         """Store a new ``queued`` (or, with ``run_at_s``, ``scheduled``) job.
 
         Returns ``(job, True)``, or ``(existing_job, False)`` when the idempotency key already
-        names a live job; the check and the write are one atomic step.
+        names a live job; the check and the write are one atomic step. ``publish`` holds Redis
+        commands (name, key, value) run in that same step only when the job is created: its
+        message (:func:`tasks.outbox.message_commands`, built for ``job_id``).
         """
         now = self.clock()
         now_iso = utc_iso(now)
-        job_id = uuid.uuid4().hex
+        job_id = job_id or uuid.uuid4().hex
         status = Status.SCHEDULED if run_at_s is not None else Status.QUEUED
         created_ms = int(now * 1000)
         due_ms = "" if run_at_s is None else str(int(run_at_s * 1000))
@@ -159,6 +161,7 @@ class JobStore:
                 "1" if idempotency_key else "0",
                 due_ms,
                 self.prefix,
+                *(part for command in publish for part in command),
             ],
         ).decode()
         if stored_id != job_id:
@@ -166,19 +169,6 @@ class JobStore:
             if existing is not None:
                 return existing, False
         return Job.from_dict(record), True
-
-    def delete(self, job: Job) -> None:
-        """Remove a job entirely (used when its message could not be published)."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.key("job", job.id), self.key("lease", job.id))
-        pipe.zrem(self.key("jobs"), job.id)
-        pipe.zrem(self.key("room", job.room_id), job.id)
-        pipe.zrem(self.key("status", job.status.value), job.id)
-        pipe.zrem(self.key("due"), job.id)
-        pipe.execute()
-        if job.idempotency_key:
-            # only if it still names this job: never drop another job's key
-            self._delete_if_equal(keys=[self.key("idem", job.idempotency_key)], args=[job.id])
 
     def update(
         self,

@@ -9,7 +9,9 @@ from __future__ import annotations
 # KEYS[1] job, KEYS[2] idem (a placeholder when none), KEYS[3] jobs, KEYS[4] room,
 # KEYS[5] status index, KEYS[6] due
 # ARGV[1] id, ARGV[2] record, ARGV[3] ttl_s, ARGV[4] created ms, ARGV[5] "1" if idempotent,
-# ARGV[6] due ms or "", ARGV[7] prefix
+# ARGV[6] due ms or "", ARGV[7] prefix, ARGV[8..] command, key, value triples run only when the
+# job is created: its Celery message (LPUSH to the queue, PUBLISH of the task-sent event), so the
+# record and its message are written together or not at all (see tasks.outbox)
 # Returns the id of the job now stored for that key: ARGV[1], or the existing one.
 CREATE_LUA = """
 if ARGV[5] == '1' then
@@ -28,6 +30,7 @@ for i = 3, 5 do
 end
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 if ARGV[6] ~= '' then redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1]) end
+for i = 8, #ARGV, 3 do redis.call(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
 return ARGV[1]
 """
 
@@ -211,11 +214,4 @@ for i = 5, #ARGV do
   end
 end
 return found
-"""
-
-# KEYS[1] a key; ARGV[1] the value it must hold. Deletes the key only if it holds that value (a
-# job's idempotency key, removed with the job only while it still names that job).
-DELETE_IF_EQUAL_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """

@@ -185,12 +185,25 @@ def test_cancelled_jobs_are_never_dispatched(store: JobStore, clock: Clock) -> N
     assert store.pop_due() == []
 
 
-def test_delete_removes_record_indexes_and_own_idempotency_key(
+def test_create_runs_the_message_commands_only_when_it_creates_the_job(
     store: JobStore, rdb: redis.Redis
 ) -> None:
-    job, _ = store.create(room_id="r", request={}, idempotency_key="k")
-    store.delete(job)
-    assert rdb.keys("t:*") == []
+    message = [("lpush", "t:queue", "message-1"), ("publish", "t:events", "sent-1")]
+    job, created = store.create(
+        room_id="r", request={}, idempotency_key="k", job_id="job-1", publish=message
+    )
+    assert created and job.id == "job-1"
+    assert rdb.lrange("t:queue", 0, -1) == [b"message-1"]
+    again, created = store.create(
+        room_id="r",
+        request={},
+        idempotency_key="k",
+        job_id="job-2",
+        publish=[("lpush", "t:queue", "message-2")],
+    )
+    assert not created and again.id == "job-1"
+    assert rdb.lrange("t:queue", 0, -1) == [b"message-1"]  # the live job's only message
+    assert rdb.exists("t:job:job-2") == 0
 
 
 def test_sweep_finds_a_claimed_job_whose_holder_died(
