@@ -22,6 +22,7 @@ burst passes at once, then the rate holds again. It never floods.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -32,36 +33,43 @@ MIN_FACTOR = 0.05
 #: ...and the fraction recovers by this much per second.
 RECOVERY_PER_S = 0.05
 
-# KEYS[1] tat, KEYS[2] cooldown, KEYS[3] aimd
-# ARGV[1] emission interval at the full rate (us), ARGV[2] burst, ARGV[3] most wait to reserve
-# (us), ARGV[4] recovery per second, ARGV[5] "1" to reserve, "0" to only look
+# One GCRA step as a Lua function, shared by ACQUIRE_LUA and the job store's claim script
+# (which takes a slot in the same round trip as the claim, see tasks.store_scripts.CLAIM_LUA).
+# keys[1] tat, keys[2] cooldown, keys[3] aimd
+# args[1] emission interval at the full rate (us), args[2] burst, args[3] most wait to reserve
+# (us), args[4] recovery per second, args[5] "1" to reserve, "0" to only look
 # Returns {wait_us, reserved 0/1, cooldown 0/1, factor in thousandths, backlog_us}
-ACQUIRE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local factor = 1
-local aimd = redis.call('HMGET', KEYS[3], 'factor', 'ts')
-if aimd[1] then
-  factor = math.min(1, tonumber(aimd[1]) + tonumber(ARGV[4]) * (now - tonumber(aimd[2])) / 1e6)
+GCRA_LUA = """
+local function gcra(keys, args)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local factor = 1
+  local aimd = redis.call('HMGET', keys[3], 'factor', 'ts')
+  if aimd[1] then
+    factor = math.min(1, tonumber(aimd[1]) + tonumber(args[4]) * (now - tonumber(aimd[2])) / 1e6)
+  end
+  local tat = tonumber(redis.call('GET', keys[1]) or '0')
+  if tat < now then tat = now end
+  local backlog = tat - now
+  local cooldown = tonumber(redis.call('GET', keys[2]) or '0')
+  if cooldown > now then
+    return {cooldown - now, 0, 1, math.floor(factor * 1000), backlog}
+  end
+  local interval = tonumber(args[1]) / factor
+  local wait = tat - interval * (tonumber(args[2]) - 1) - now
+  if wait < 0 then wait = 0 end
+  if wait > tonumber(args[3]) or args[5] ~= '1' then
+    return {wait, 0, 0, math.floor(factor * 1000), backlog}
+  end
+  local new_tat = tat + interval
+  redis.call('SET', keys[1], string.format('%.0f', new_tat),
+             'PX', math.ceil((new_tat - now) / 1000) + 1000)
+  return {wait, 1, 0, math.floor(factor * 1000), backlog}
 end
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local backlog = tat - now
-local cooldown = tonumber(redis.call('GET', KEYS[2]) or '0')
-if cooldown > now then
-  return {cooldown - now, 0, 1, math.floor(factor * 1000), backlog}
-end
-local interval = tonumber(ARGV[1]) / factor
-local wait = tat - interval * (tonumber(ARGV[2]) - 1) - now
-if wait < 0 then wait = 0 end
-if wait > tonumber(ARGV[3]) or ARGV[5] ~= '1' then
-  return {wait, 0, 0, math.floor(factor * 1000), backlog}
-end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
-           'PX', math.ceil((new_tat - now) / 1000) + 1000)
-return {wait, 1, 0, math.floor(factor * 1000), backlog}
 """
+
+# KEYS and ARGV as the function's keys and args above
+ACQUIRE_LUA = GCRA_LUA + "return gcra(KEYS, ARGV)\n"
 
 # KEYS[1] cooldown, KEYS[2] aimd
 # ARGV[1] Retry-After (us) or "-1" for none, ARGV[2] decrease factor, ARGV[3] floor,
@@ -134,17 +142,20 @@ class RedisRateLimiter:
             args=[retry_after_us, DECREASE_FACTOR, MIN_FACTOR, RECOVERY_PER_S],
         )
 
+    def step(self, *, max_wait_s: float, reserve: bool = True) -> tuple[list[str], list[Any]]:
+        """The keys and args of one GCRA step (:data:`GCRA_LUA`), for any script that runs it."""
+        args: list[Any] = [
+            self._interval_us,
+            self.burst,
+            int(max_wait_s * 1_000_000),
+            RECOVERY_PER_S,
+            "1" if reserve else "0",
+        ]
+        return self._keys, args
+
     def _call(self, max_wait_s: float, *, reserve: bool) -> Admission:
-        wait_us, reserved, cooldown, factor_milli, backlog_us = self._acquire(
-            keys=self._keys,
-            args=[
-                self._interval_us,
-                self.burst,
-                int(max_wait_s * 1_000_000),
-                RECOVERY_PER_S,
-                "1" if reserve else "0",
-            ],
-        )
+        keys, args = self.step(max_wait_s=max_wait_s, reserve=reserve)
+        wait_us, reserved, cooldown, factor_milli, backlog_us = self._acquire(keys=keys, args=args)
         return Admission(
             wait_s=wait_us / 1_000_000,
             reserved=bool(reserved),

@@ -154,18 +154,16 @@ class Runner:
     def run(self, job_id: str) -> str:
         """Run one delivery; returns a word for logs: succeeded, failed, deferred, or skipped:…"""
         token = f"{self._host}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
-        # When a rate slot is free right now, it is taken before the claim, so that the claim
-        # can also begin the first attempt: one round trip instead of two. (A slot taken for a
-        # job that turns out finished is wasted, which only lowers the rate, and only for
-        # duplicate deliveries.) A slot that needs a wait is waited for after the claim: a
-        # worker killed while waiting must leave a claimed job, which the sweeper finds.
-        has_slot = self.limiter.acquire(max_wait_s=0).reserved
-        claim = self._claim(job_id, token, has_slot)
+        # When a rate slot is free right now, the claim takes it and begins the first attempt
+        # too: one round trip instead of three. A slot that needs a wait is waited for after
+        # the claim: a worker killed while waiting must leave a claimed job, which the sweeper
+        # finds.
+        claim = self._claim(job_id, token)
         if claim.kind == "leased" and holder_is_dead(claim.holder, host=self._host):
             # e.g. a prefork child killed mid-call: its message came straight back, and waiting
             # out its lease would only delay the job
             logger.warning("job %s: taking over from dead holder %s", job_id, claim.holder)
-            claim = self._claim(job_id, token, has_slot, take_over_from=claim.holder)
+            claim = self._claim(job_id, token, take_over_from=claim.holder)
         if claim.kind == "leased":
             # Another delivery holds the job (or held it and died): look again when its lease ends.
             self.store.update(
@@ -193,13 +191,13 @@ class Runner:
             logger.warning("job %s: left alone mid-delivery (%s)", job_id, exc)
             return "skipped:lease_lost"
 
-    def _claim(self, job_id: str, token: str, begin: bool, take_over_from: str = "") -> Claim:
+    def _claim(self, job_id: str, token: str, take_over_from: str = "") -> Claim:
         return self.store.claim(
             job_id,
             token=token,
             lease_s=self.lease_s,
             take_over_from=take_over_from,
-            begin_attempt=begin,
+            rate_step=self.limiter.step(max_wait_s=0),
             max_attempts=self.max_attempts,
             max_lost_deliveries=self.max_lost_deliveries,
         )

@@ -229,31 +229,34 @@ class JobStore:
         token: str,
         lease_s: float,
         take_over_from: str = "",
-        begin_attempt: bool = False,
+        rate_step: tuple[Sequence[str], Sequence[Any]] | None = None,
         max_attempts: int = 0,
         max_lost_deliveries: int = 0,
     ) -> Claim:
         """Take the job's lease for one delivery, unless it is finished, not due or leased.
 
         ``take_over_from`` names a lease holder known to be dead, whose lease may be taken.
-        With ``begin_attempt`` the claim also marks the first attempt ``running`` (see
-        :data:`CLAIM_LUA`) unless ``max_attempts`` or ``max_lost_deliveries`` are used up;
-        ``Claim.began`` says whether it did.
+        With ``rate_step`` (:meth:`RedisRateLimiter.step`, no wait) the claim also takes a rate
+        slot and marks the first attempt ``running`` (see :data:`CLAIM_LUA`), unless no slot is
+        free or ``max_attempts`` or ``max_lost_deliveries`` are used up; ``Claim.began`` says
+        whether it did.
         """
         now = self.clock()
+        rate_keys, rate_args = rate_step or (["-", "-", "-"], [0, 0, 0, 0, "0"])
         result = self._claim(
-            keys=[self.key("job", job_id), self.key("lease", job_id), self.key("held")],
+            keys=[self.key("job", job_id), self.key("lease", job_id), self.key("held"), *rate_keys],
             args=[
                 token,
                 int(lease_s * 1000),
                 int(now * 1000),
                 take_over_from,
                 job_id,
-                "1" if begin_attempt else "0",
+                "1" if rate_step else "0",
                 utc_iso(now),
                 self.prefix,
                 max_attempts,
                 max_lost_deliveries,
+                *rate_args,
             ],
         )
         kind = result[0].decode()

@@ -6,6 +6,8 @@ and calls them, and its docstring holds the key schema they share.
 
 from __future__ import annotations
 
+from tasks.ratelimit import GCRA_LUA
+
 # KEYS[1] job, KEYS[2] idem (a placeholder when none), KEYS[3] jobs, KEYS[4] room,
 # KEYS[5] status index, KEYS[6] due
 # ARGV[1] id, ARGV[2] record, ARGV[3] ttl_s, ARGV[4] created ms, ARGV[5] "1" if idempotent,
@@ -82,18 +84,21 @@ end
 return {1, out}
 """
 
-# KEYS[1] job, KEYS[2] lease, KEYS[3] held
+# KEYS[1] job, KEYS[2] lease, KEYS[3] held, KEYS[4..6] the rate limiter's (tat, cooldown, aimd)
 # ARGV[1] lease token, ARGV[2] lease ms, ARGV[3] now ms, ARGV[4] token of a holder known to be
 # dead, whose lease may be taken over ("" = none), ARGV[5] job id, ARGV[6] "1" to also begin
-# the first attempt (the caller holds a rate slot), ARGV[7] now as ISO 8601, ARGV[8] prefix,
-# ARGV[9] most attempts, ARGV[10] most lost deliveries
+# the first attempt if a rate slot is free right now, ARGV[7] now as ISO 8601, ARGV[8] prefix,
+# ARGV[9] most attempts, ARGV[10] most lost deliveries, ARGV[11..15] the GCRA step's args
 # Returns {kind, record, lease pttl, holder} or {'claimed', record, began 0/1}: kind is claimed,
 # finished, not_due, leased or missing. A claim that finds ``_holder`` still set knows the last
 # delivery died without finishing (a killed worker): it counts it in ``lost_deliveries``.
 # Beginning an attempt is the same write-ahead as the runner's own (status running, in_flight,
-# attempts + 1), done here to save a round trip; it is skipped when the delivery will not call
-# (attempts or lost deliveries used up): then the runner fails the job instead.
-CLAIM_LUA = """
+# attempts + 1) after taking a rate slot (tasks.ratelimit.GCRA_LUA), done here to save two round
+# trips; it is skipped when the delivery will not call (attempts or lost deliveries used up: the
+# runner fails the job instead) and when no slot is free at once (the runner waits for one).
+CLAIM_LUA = (
+    GCRA_LUA
+    + """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'missing'} end
 local rec = cjson.decode(raw)
@@ -114,7 +119,9 @@ rec._holder = ARGV[1]
 rec.deliveries = (rec.deliveries or 0) + 1
 local began = 0
 if ARGV[6] == '1' and (rec.attempts or 0) - (rec._base or 0) < tonumber(ARGV[9])
-    and (rec.lost_deliveries or 0) < tonumber(ARGV[10]) then
+    and (rec.lost_deliveries or 0) < tonumber(ARGV[10])
+    and gcra({KEYS[4], KEYS[5], KEYS[6]}, {ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]})[2]
+      == 1 then
   began = 1
   if rec.in_flight then rec.maybe_started = true end
   if s ~= 'running' then
@@ -135,6 +142,7 @@ local out = cjson.encode(rec)
 redis.call('SET', KEYS[1], out, 'KEEPTTL')
 return {'claimed', out, began}
 """
+)
 
 # KEYS[1] due
 # ARGV[1] now ms, ARGV[2] most ids, ARGV[3] ms until an unconfirmed dispatch is retried,

@@ -6,7 +6,8 @@ import pytest
 import redis
 
 from tasks.job import Status
-from tasks.store import JobStore
+from tasks.ratelimit import RedisRateLimiter
+from tasks.store import Claim, JobStore
 
 
 class Clock:
@@ -25,6 +26,11 @@ def clock() -> Clock:
 @pytest.fixture
 def store(rdb: redis.Redis, clock: Clock) -> JobStore:
     return JobStore(client=rdb, prefix="t", ttl_s=3600, clock=clock)
+
+
+def free_slot(store: JobStore) -> tuple[list[str], list[object]]:
+    """A GCRA step of a limiter far above any test's rate: the slot is always free."""
+    return RedisRateLimiter(client=store.client, rate_per_s=1e6, prefix="t").step(max_wait_s=0)
 
 
 def new(store: JobStore, room: str = "room-1", **kw: object) -> str:
@@ -252,7 +258,12 @@ def test_claim_can_begin_the_first_attempt_in_the_same_round_trip(
 ) -> None:
     job_id = new(store)
     claim = store.claim(
-        job_id, token="a", lease_s=5, begin_attempt=True, max_attempts=3, max_lost_deliveries=3
+        job_id,
+        token="a",
+        lease_s=5,
+        rate_step=free_slot(store),
+        max_attempts=3,
+        max_lost_deliveries=3,
     )
     assert claim.kind == "claimed" and claim.began and claim.job is not None
     assert claim.job.status is Status.RUNNING and claim.job.attempts == 1 and claim.job.in_flight
@@ -260,11 +271,43 @@ def test_claim_can_begin_the_first_attempt_in_the_same_round_trip(
     assert rdb.zscore("t:status:queued", job_id) is None
 
 
+def test_claim_begins_nothing_without_a_free_rate_slot_and_takes_none_then(
+    store: JobStore, rdb: redis.Redis
+) -> None:
+    first, second = new(store), new(store, "room-2")
+    limiter = RedisRateLimiter(client=rdb, rate_per_s=0.5, prefix="t")  # one slot per 2 s
+
+    def claim(job_id: str, token: str) -> Claim:
+        step = limiter.step(max_wait_s=0)
+        return store.claim(
+            job_id, token=token, lease_s=5, rate_step=step, max_attempts=3, max_lost_deliveries=3
+        )
+
+    one = claim(first, "a")
+    tat = rdb.get("t:rl:tat")
+    two = claim(second, "b")
+    assert one.began and not two.began
+    assert two.kind == "claimed" and two.job is not None and two.job.status is Status.QUEUED
+    assert rdb.get("t:rl:tat") == tat  # the refused claim reserved nothing
+
+
+def test_a_claim_of_a_finished_job_takes_no_rate_slot(store: JobStore, rdb: redis.Redis) -> None:
+    job_id = new(store)
+    store.update(job_id, {"status": "succeeded"})
+    claim = store.claim(job_id, token="a", lease_s=5, rate_step=free_slot(store), max_attempts=3)
+    assert claim.kind == "finished" and rdb.exists("t:rl:tat") == 0
+
+
 def test_claim_begins_nothing_when_the_delivery_will_not_call(store: JobStore) -> None:
     job_id = new(store)
     store.update(job_id, {"status": "retrying"}, count_attempt=True)
     claim = store.claim(
-        job_id, token="a", lease_s=5, begin_attempt=True, max_attempts=1, max_lost_deliveries=3
+        job_id,
+        token="a",
+        lease_s=5,
+        rate_step=free_slot(store),
+        max_attempts=1,
+        max_lost_deliveries=3,
     )
     assert claim.kind == "claimed" and not claim.began
     assert claim.job is not None and claim.job.attempts == 1
@@ -274,7 +317,12 @@ def test_a_begun_claim_after_a_lost_call_marks_the_job_maybe_started(store: JobS
     job_id = new(store)
     store.update(job_id, {"status": "running", "in_flight": True}, count_attempt=True)
     claim = store.claim(
-        job_id, token="b", lease_s=5, begin_attempt=True, max_attempts=8, max_lost_deliveries=3
+        job_id,
+        token="b",
+        lease_s=5,
+        rate_step=free_slot(store),
+        max_attempts=8,
+        max_lost_deliveries=3,
     )
     assert claim.began and claim.job is not None and claim.job.maybe_started
 

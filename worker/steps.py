@@ -14,6 +14,7 @@ from kombu.transport import redis as kombu_redis
 from tasks import logs, runtime
 from tasks.dispatcher import Dispatcher as DueDispatcher
 from tasks.errors import ConfigurationError
+from worker import transport
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,29 @@ def install_log_format(logger: logging.Logger, **_: Any) -> None:
         logs.install(logger, json_lines=False)
         return
     logs.install(logger, json_lines=s.log_format == "json", secrets=[s.secret])
+
+
+#: Celery's own per-task lines ("Task ... received", "Task ... succeeded in ...") say less than
+#: the runner's state lines (job, room, status, attempt, HTTP status, latency) and cost a formatted
+#: line each per job: below debug level the worker leaves them out (warnings and errors stay).
+CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
+@worker_init.connect
+def quiet_celery_task_lines(sender: Any = None, **_: Any) -> None:
+    """Runs before the worker builds its task strategies and tracers, which read the level once."""
+    loglevel = getattr(sender, "loglevel", logging.INFO)
+    if isinstance(loglevel, str):
+        loglevel = logging.getLevelName(loglevel.upper())
+    if loglevel > logging.DEBUG:
+        for name in CELERY_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@worker_init.connect
+def share_redis_clients(**_: Any) -> None:
+    """One Redis client per kombu channel in the worker (see :mod:`worker.transport`)."""
+    transport.share_clients()
 
 
 @worker_init.connect
