@@ -10,9 +10,10 @@ from worker.config import celery_config, settings
 app = Celery("videosdk-recorder")
 app.config_from_object(celery_config(settings()))
 
-from worker.steps import Dispatcher  # noqa: E402  (needs `app` to exist: it imports tasks)
+from worker.steps import Dispatcher, EventBatching  # noqa: E402  (needs `app`: imports tasks)
 
 app.steps["worker"].add(Dispatcher)
+app.steps["consumer"].add(EventBatching)
 
 
 def reconfigure() -> None:

@@ -118,3 +118,38 @@ class Dispatcher(bootsteps.StartStopStep):
             self.dispatcher.stop()
 
     shutdown = stop
+
+
+#: how long a worker's task events (received, started, succeeded) may wait to be sent together
+EVENT_FLUSH_INTERVAL_S = 0.1
+
+
+class EventBatching(bootsteps.StartStopStep):
+    """Send the worker's task events to Flower in batches, every 100 ms, not every loop turn.
+
+    With the event loop, Celery buffers task events but flushes the buffer at the next loop
+    turn, which under load is one publish per event (three per job). A flush on a timer (or
+    when Celery's buffer of 24 fills) sends them as one ``task.multi`` message, which Flower
+    reads like single events. Flushed once more when the consumer stops.
+    """
+
+    requires = ("celery.worker.consumer.events:Events",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer: Any = None
+
+    def start(self, parent: Any) -> None:
+        dispatcher = parent.event_dispatcher
+        if parent.hub is None or dispatcher is None or not dispatcher.enabled:
+            return
+        dispatcher.on_send_buffered = None
+        self.timer = parent.hub.call_repeatedly(EVENT_FLUSH_INTERVAL_S, parent._flush_events)
+
+    def stop(self, parent: Any) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            parent._flush_events()
+
+    shutdown = stop
