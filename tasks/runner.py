@@ -445,14 +445,12 @@ class Runner:
 
     def _apply(self, state: _Delivery, patch: dict[str, Any], **kwargs: Any) -> None:
         """Write a change under our lease, riding out a Redis restart of up to half a minute."""
-        result = STORE_RETRY(
-            self.store.update,
-            state.job.id,
-            patch,
-            lease_token=state.token,
-            metrics=state.take_pending(),
-            **kwargs,
-        )
+        args = (state.job.id, patch)
+        kwargs.update(lease_token=state.token, metrics=state.take_pending())
+        try:
+            result = self.store.update(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError):  # tenacity only when it is needed
+            result = STORE_RETRY(self.store.update, *args, **kwargs)
         if not result.applied and not _already_applied(result.job, patch):
             raise LeaseLost(result.reason)
         assert result.job is not None
