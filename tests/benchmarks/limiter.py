@@ -61,6 +61,8 @@ HOLD_QUEUE = "bench-hold"
 #: a rate no run can reach: the "none" row measures the pipeline, not the limiter
 UNLIMITED_PER_S = 1_000_000
 SATURATED_MIN = 0.95
+#: a limit this close to the unlimited rate leaves no CPU for waiting threads to wake on time
+NEAR_CEILING = 1.2
 BENCH_BUDGET_S = 170.0  # the whole run must stay under 3 minutes
 ACQUIRE_CALLS = 5000
 
@@ -246,6 +248,8 @@ def judge(rows: list[Row]) -> None:
             why = ""
             if ceiling_per_s is not None and ceiling_per_s < SATURATED_MIN * row.limit_per_s:
                 why = f" (pipeline ceiling here {ceiling_per_s:.0f}/s)"
+            elif ceiling_per_s is not None and ceiling_per_s < NEAR_CEILING * row.limit_per_s:
+                why = f" (CPU-bound: the pipeline's ceiling here is {ceiling_per_s:.0f}/s)"
             elif row.deliveries_per_job > 1.05:
                 why = " (jobs deferred and re-dispatched)"
             problems.append(f"mean/lim<{SATURATED_MIN}{why}")
