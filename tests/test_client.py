@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tasks.client import ApiClient
+from tasks.errors import RequestRefused
 from tasks.sandbox import SandboxServer
 from tasks.tokens import TokenMinter
 from tests.conftest import API_KEY, SECRET
@@ -19,18 +20,23 @@ PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROX
 
 
 class FakeProxy(http.server.ThreadingHTTPServer):
-    """A forward proxy that answers every request itself and remembers its request line."""
+    """A forward proxy (or an API) that answers every request itself with ``status``, and
+    remembers each request line and its headers."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 200, location: str = "") -> None:
         self.seen: list[str] = []
+        self.headers: list[dict[str, str]] = []
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy.seen.append(self.path)
+                proxy.headers.append(dict(self.headers))
                 body = json.dumps({"status": "started"}).encode()
-                self.send_response(200)
+                self.send_response(status)
+                if location:
+                    self.send_header("Location", location)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -86,3 +92,20 @@ def test_a_netrc_entry_never_replaces_the_token(
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     assert client(sandbox.url).start_recording({"roomId": "r"}).http_status == 200
+
+
+def test_a_redirect_is_a_refusal_not_a_success() -> None:
+    server = FakeProxy(status=302, location="http://127.0.0.1:1/elsewhere")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(RequestRefused) as caught:
+            client(server.url).start_recording({"roomId": "r"})
+        assert caught.value.http_status == 302 and not caught.value.retryable
+        assert server.seen == ["/v2/recordings/start"]  # not followed
+        sent = server.headers[0]
+        assert sent["Authorization"].count(".") == 2 and sent["Content-Type"] == "application/json"
+        assert sent["User-Agent"].startswith("python-requests/")  # the session's own headers too
+    finally:
+        server.shutdown()
+        server.server_close()
