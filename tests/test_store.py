@@ -33,6 +33,25 @@ def free_slot(store: JobStore) -> tuple[list[str], list[object]]:
     return RedisRateLimiter(client=store.client, rate_per_s=1e6, prefix="t").step(max_wait_s=0)
 
 
+def claim_with_slot(
+    store: JobStore,
+    job_id: str,
+    token: str = "a",
+    *,
+    max_attempts: int = 3,
+    rate_step: tuple[list[str], list[object]] | None = None,
+) -> Claim:
+    """A claim that may begin the first attempt: a free slot unless ``rate_step`` says else."""
+    return store.claim(
+        job_id,
+        token=token,
+        lease_s=5,
+        rate_step=rate_step or free_slot(store),
+        max_attempts=max_attempts,
+        max_lost_deliveries=3,
+    )
+
+
 def new(store: JobStore, room: str = "room-1", **kw: object) -> str:
     job, created = store.create(room_id=room, request={"roomId": room}, **kw)  # type: ignore[arg-type]
     assert created
@@ -257,14 +276,7 @@ def test_claim_can_begin_the_first_attempt_in_the_same_round_trip(
     store: JobStore, rdb: redis.Redis
 ) -> None:
     job_id = new(store)
-    claim = store.claim(
-        job_id,
-        token="a",
-        lease_s=5,
-        rate_step=free_slot(store),
-        max_attempts=3,
-        max_lost_deliveries=3,
-    )
+    claim = claim_with_slot(store, job_id)
     assert claim.kind == "claimed" and claim.began and claim.job is not None
     assert claim.job.status is Status.RUNNING and claim.job.attempts == 1 and claim.job.in_flight
     assert rdb.zscore("t:status:running", job_id) is not None
@@ -276,16 +288,9 @@ def test_claim_begins_nothing_without_a_free_rate_slot_and_takes_none_then(
 ) -> None:
     first, second = new(store), new(store, "room-2")
     limiter = RedisRateLimiter(client=rdb, rate_per_s=0.5, prefix="t")  # one slot per 2 s
-
-    def claim(job_id: str, token: str) -> Claim:
-        step = limiter.step(max_wait_s=0)
-        return store.claim(
-            job_id, token=token, lease_s=5, rate_step=step, max_attempts=3, max_lost_deliveries=3
-        )
-
-    one = claim(first, "a")
+    one = claim_with_slot(store, first, rate_step=limiter.step(max_wait_s=0))
     tat = rdb.get("t:rl:tat")
-    two = claim(second, "b")
+    two = claim_with_slot(store, second, "b", rate_step=limiter.step(max_wait_s=0))
     assert one.began and not two.began
     assert two.kind == "claimed" and two.job is not None and two.job.status is Status.QUEUED
     assert rdb.get("t:rl:tat") == tat  # the refused claim reserved nothing
@@ -294,21 +299,14 @@ def test_claim_begins_nothing_without_a_free_rate_slot_and_takes_none_then(
 def test_a_claim_of_a_finished_job_takes_no_rate_slot(store: JobStore, rdb: redis.Redis) -> None:
     job_id = new(store)
     store.update(job_id, {"status": "succeeded"})
-    claim = store.claim(job_id, token="a", lease_s=5, rate_step=free_slot(store), max_attempts=3)
+    claim = claim_with_slot(store, job_id)
     assert claim.kind == "finished" and rdb.exists("t:rl:tat") == 0
 
 
 def test_claim_begins_nothing_when_the_delivery_will_not_call(store: JobStore) -> None:
     job_id = new(store)
     store.update(job_id, {"status": "retrying"}, count_attempt=True)
-    claim = store.claim(
-        job_id,
-        token="a",
-        lease_s=5,
-        rate_step=free_slot(store),
-        max_attempts=1,
-        max_lost_deliveries=3,
-    )
+    claim = claim_with_slot(store, job_id, max_attempts=1)
     assert claim.kind == "claimed" and not claim.began
     assert claim.job is not None and claim.job.attempts == 1
 
@@ -316,14 +314,7 @@ def test_claim_begins_nothing_when_the_delivery_will_not_call(store: JobStore) -
 def test_a_begun_claim_after_a_lost_call_marks_the_job_maybe_started(store: JobStore) -> None:
     job_id = new(store)
     store.update(job_id, {"status": "running", "in_flight": True}, count_attempt=True)
-    claim = store.claim(
-        job_id,
-        token="b",
-        lease_s=5,
-        rate_step=free_slot(store),
-        max_attempts=8,
-        max_lost_deliveries=3,
-    )
+    claim = claim_with_slot(store, job_id, "b", max_attempts=8)
     assert claim.began and claim.job is not None and claim.job.maybe_started
 
 
