@@ -122,7 +122,7 @@ def _enqueue(s: dict[str, Any]) -> str:
 def _drain_rows(rows: Sequence[dict[str, Any]], pool: str = "") -> list[list[Any]]:
     return [
         [
-            pool,
+            f"{pool} #{r['round']}" if "round" in r else pool,
             r["system"],
             r["setup"],
             r["jobs"],
@@ -159,14 +159,16 @@ def _drain(s: dict[str, Any]) -> str:
     for pool, block in s["pools"].items():
         rows += _drain_rows(block["rows"], pool)
         r = block["ours_over_plain"]
+        rounds = ", ".join(f"{x:.2f}" for x in block.get("rounds_ours_over_plain", []))
         ratios.append(
-            f"  {pool}: ours / plain Celery = {r:.2f} (target >= {DRAIN_MIN}) "
+            f"  {pool}: ours / plain Celery = {r:.2f} (rounds: {rounds}; target >= {DRAIN_MIN}) "
             f"{verdict(r >= DRAIN_MIN)}"
             f";  ours / Dramatiq = {block['ours_over_dramatiq']:.2f}"
         )
     return (
-        f"3. Drain throughput ({s['jobs']:,} jobs queued first, then the workers released; no API "
-        "latency; our rate limit 100000/s)\n"
+        f"3. Drain throughput ({s['jobs']:,} jobs queued first, then the workers released, "
+        f"{s.get('rounds', 1)} rounds taking turns; no API latency; our rate limit 100000/s)\n"
+        "  a system's ratio: all its jobs over all its drain time\n"
         "  jobs/s = jobs / (first API call -> last answer); lag = release -> first call; "
         "cpu = user+sys CPU per job of the workers, the sandbox and redis-server\n"
         + table(DRAIN_HEAD, rows)
