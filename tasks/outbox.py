@@ -36,9 +36,27 @@ class _Collector:
         self.commands.append((name, str(args[0]), str(args[1])))
 
 
+def send_task_options(job_id: str, room_id: str) -> dict[str, Any]:
+    """``app.send_task`` arguments of a job's message: the one place its shape is written.
+
+    The task id is the job id; ``room_id`` rides along only so Flower shows it. The reprs are
+    the ones Celery would build, without its slower safe-repr.
+    """
+    from tasks.recording import TASK_NAME
+
+    args, kwargs = [job_id], {"room_id": room_id}
+    return {
+        "name": TASK_NAME,
+        "args": args,
+        "kwargs": kwargs,
+        "task_id": job_id,
+        "argsrepr": repr(args),
+        "kwargsrepr": repr(kwargs),
+    }
+
+
 def message_commands(job_id: str, room_id: str) -> list[Command]:
     """The Redis commands that would publish the job's Celery message (task id = job id)."""
-    from tasks.recording import TASK_NAME
     from worker.app import app
 
     collector = _Collector()
@@ -47,14 +65,8 @@ def message_commands(job_id: str, room_id: str) -> list[Command]:
         local.current = collector
         try:
             app.send_task(
-                TASK_NAME,
-                args=[job_id],
-                kwargs={"room_id": room_id},
-                task_id=job_id,
+                **send_task_options(job_id, room_id),
                 producer=producer,
-                # the same reprs Celery would build, without its slower safe-repr
-                argsrepr=repr([job_id]),
-                kwargsrepr=repr({"room_id": room_id}),
                 # the queue is declared by the workers; a push needs no declaration first
                 declare=[],
             )

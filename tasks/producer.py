@@ -86,10 +86,9 @@ def enqueue_recording(
 
 def publish(job_id: str, room_id: str) -> None:
     """Put one delivery of the job on the Celery queue (the task id is the job id)."""
-    from tasks.recording import TASK_NAME
     from worker.app import app
 
-    app.send_task(TASK_NAME, args=[job_id], kwargs={"room_id": room_id}, task_id=job_id)
+    app.send_task(**outbox.send_task_options(job_id, room_id))
 
 
 def get_job(job_id: str) -> Job | None:
