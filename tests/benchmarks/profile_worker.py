@@ -6,7 +6,8 @@ threads`` (32 threads) or ``prefork`` (2 children) on a hold queue, attaches ``p
 --subprocesses --gil`` (only the thread holding the GIL is sampled: where the Python CPU goes),
 releases the worker and stops py-spy when every job has finished. Writes the collapsed stacks
 (``--out``, for a flame graph tool) and prints the GIL-holding time per job, split by what the
-sampled stack was doing.
+sampled stack was doing, then Redis's CPU time and commands per job (``INFO commandstats``,
+reset at the start: the counters are the whole server's).
 
 Run: ``.venv/bin/python tests/benchmarks/profile_worker.py [--jobs 3000] [--pool threads]``
 (needs ``py-spy``: ``.venv/bin/pip install py-spy``; uses Redis db 8 by default).
@@ -68,6 +69,12 @@ def summarize(collapsed: Path) -> tuple[int, list[tuple[str, int]]]:
         counts[label] += count
     order = [label for label, _ in CATEGORIES] + ["other"]
     return total, [(label, counts[label]) for label in order if counts[label]]
+
+
+def redis_cpu_s(db: redis.Redis) -> float:
+    """CPU seconds redis-server has used (user + system, all its threads)."""
+    info = db.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)  # py-spy attaches
+            db.config_resetstat()
+            redis_cpu = redis_cpu_s(db)
             started = time.monotonic()
             workers.release(queue)
             if args.system == "ours":
@@ -152,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: len(sandbox.calls()), args.jobs, check=workers.check_alive
                 )
             elapsed = time.monotonic() - started
+            redis_cpu = redis_cpu_s(db) - redis_cpu
+            commands = db.info("commandstats")
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
             log(f"{args.jobs} jobs in {elapsed:.1f}s = {args.jobs / elapsed:.0f}/s under py-spy")
@@ -168,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for label, n in counts:
         print(f"  {n / total:6.1%}  {n * ms_per_sample / args.jobs:6.3f} ms/job  {label}")
+    # commands a script runs are counted both on their own and in the script's EVALSHA time
+    print(f"Redis: {redis_cpu * 1000 / args.jobs:.3f} ms of CPU per job; commands per job:")
+    for name, stats in sorted(commands.items(), key=lambda kv: -kv[1]["usec"]):
+        calls = stats["calls"] / args.jobs
+        if calls >= 0.01:
+            print(f"  {calls:6.2f}  {stats['usec'] / args.jobs:6.1f} µs/job  {name[8:]}")
     return 0
 
 
