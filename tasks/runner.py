@@ -8,7 +8,8 @@ A delivery:
    leaves a record saying the outcome is unknown;
 4. calls the API once per attempt, under a tenacity loop whose ``sleep`` hands any wait longer
    than ``inline_wait_max_s`` back (the job waits in the store's due set, not in a worker slot);
-5. records ``succeeded``, ``failed`` or ``retrying``.
+5. records ``succeeded``, ``failed`` or ``retrying``; the write that ends the delivery also
+   acknowledges its broker message, when given its delivery tag (one round trip, not two).
 
 An "already recording" refusal means success when an earlier attempt of this job may have
 started the recording (a timeout, a 5xx, a worker lost mid-call), and failure otherwise.
@@ -57,6 +58,9 @@ MAX_INLINE_LIMITER_WAITS = 20
 #: a thread that wakes later than half an emission interval (and at least this) after its
 #: reserved slot asks for a new one instead of calling late.
 LATE_WAKE_MIN_S = 0.005
+#: what :meth:`Runner.run` returns after a last write that carried the delivery's ``ack_tag``:
+#: the broker message is acknowledged already (see ``worker.transport``).
+ACKED_BY_LAST_WRITE = frozenset({"succeeded", "failed", "deferred"})
 
 
 #: store writes that end a step (retrying, deferred, finished) are retried through a Redis
@@ -107,6 +111,8 @@ class _Delivery:
     job: Job
     token: str
     maybe_started: bool
+    #: the delivery tag of the broker message, acked by the write that ends the delivery
+    ack_tag: str = ""
     reminted: bool = False
     #: the claim already began the first attempt (so its write-ahead cost no round trip)
     pre_begun: bool = False
@@ -151,8 +157,12 @@ class Runner:
         self.rng = rng or random.Random()
         self._host = socket.gethostname()
 
-    def run(self, job_id: str) -> str:
-        """Run one delivery; returns a word for logs: succeeded, failed, deferred, or skipped:…"""
+    def run(self, job_id: str, *, ack_tag: str = "") -> str:
+        """Run one delivery; returns a word for logs: succeeded, failed, deferred, or skipped:…
+
+        With ``ack_tag`` (the delivery tag of the job's message) the last write acks the
+        message too when the word is in :data:`ACKED_BY_LAST_WRITE`; else the caller acks it.
+        """
         token = f"{self._host}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
         # When a rate slot is free right now, the claim takes it and begins the first attempt
         # too: one round trip instead of three. A slot that needs a wait is waited for after
@@ -179,7 +189,7 @@ class Runner:
         # in_flight still set means a delivery died during a call whose outcome nobody saw (a
         # claim that began the attempt has already folded that into maybe_started).
         maybe_started = job.maybe_started or (job.in_flight and not claim.began)
-        state = _Delivery(job, token, maybe_started, pre_begun=claim.began)
+        state = _Delivery(job, token, maybe_started, ack_tag=ack_tag, pre_begun=claim.began)
         if claim.began:
             self._log_state(state)
         try:
@@ -400,6 +410,7 @@ class Runner:
             allowed_from=STARTABLE,
             due_at_s=self.store.clock() + wait_s,
             release_lease=True,
+            ack_tag=state.ack_tag,
         )
 
     def _finish_succeeded(self, state: _Delivery, http_status: int | None, body: Any) -> str:
@@ -412,8 +423,7 @@ class Runner:
             "error": None,
             "next_attempt_at": None,
         }
-        self._apply(state, patch, allowed_from=STARTABLE, release_lease=True, clear_due=True)
-        return "succeeded"
+        return self._finish(state, patch)
 
     def _finish_failed(
         self,
@@ -440,8 +450,19 @@ class Runner:
         if exc is not None:
             patch["http_status"] = exc.http_status
             patch["response"] = exc.response
-        self._apply(state, patch, allowed_from=STARTABLE, release_lease=True, clear_due=True)
-        return "failed"
+        return self._finish(state, patch)
+
+    def _finish(self, state: _Delivery, patch: dict[str, Any]) -> str:
+        """The last write of a delivery that finished the job (and acks its message)."""
+        self._apply(
+            state,
+            patch,
+            allowed_from=STARTABLE,
+            release_lease=True,
+            clear_due=True,
+            ack_tag=state.ack_tag,
+        )
+        return str(patch["status"])
 
     def _apply(self, state: _Delivery, patch: dict[str, Any], **kwargs: Any) -> None:
         """Write a change under our lease, riding out a Redis restart of up to half a minute."""

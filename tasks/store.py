@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from kombu.transport import redis as kombu_redis
 
 from tasks.job import Job, Status, utc_iso
 from tasks.store_scripts import (
@@ -51,6 +52,9 @@ from tasks.store_scripts import (
 
 #: a dispatched job not confirmed as published within this long is dispatched again.
 REDISPATCH_MS = 30_000
+#: where kombu's Redis transport keeps the messages delivered and not yet acked (our broker
+#: configuration keeps its defaults): a delivery's last write acks its message there.
+UNACKED_KEYS = (kombu_redis.Channel.unacked_key, kombu_redis.Channel.unacked_index_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,12 +187,15 @@ class JobStore:
         release_lease: bool = False,
         renew_lease_s: float | None = None,
         metrics: Mapping[str, int] | None = None,
+        ack_tag: str = "",
     ) -> Update:
         """Apply ``patch`` atomically if the job's status is in ``allowed_from`` (any if None).
 
         ``updated_at`` is set, and ``finished_at`` when the new status is terminal. With
         ``lease_token`` the change applies only while that token holds the job's lease.
-        ``metrics`` are increments of the shared metrics hash, sent in the same round trip.
+        ``metrics`` are increments of the shared metrics hash, and ``ack_tag`` the delivery tag
+        of a broker message to acknowledge (see :data:`UNACKED_KEYS`): both are done in the same
+        round trip, whether or not the change applies.
         """
         now = self.clock()
         patch = {**patch, "updated_at": utc_iso(now), "_touched": int(now * 1000)}
@@ -202,7 +209,7 @@ class JobStore:
         if renew_lease_s is not None:
             lease = str(int(renew_lease_s * 1000))
         result = self._update(
-            keys=[self.key("job", job_id), self.key("lease", job_id)],
+            keys=[self.key("job", job_id), self.key("lease", job_id), *UNACKED_KEYS],
             args=[
                 self.prefix,
                 job_id,
@@ -213,6 +220,7 @@ class JobStore:
                 due,
                 lease,
                 int((now - self.ttl_s) * 1000),
+                ack_tag,
                 self.key("metrics") if metrics else "",
                 *(x for pair in (metrics or {}).items() for x in pair),
             ],

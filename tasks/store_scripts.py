@@ -36,18 +36,25 @@ for i = 8, #ARGV, 3 do redis.call(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
 return ARGV[1]
 """
 
-# KEYS[1] job, KEYS[2] lease
+# KEYS[1] job, KEYS[2] lease, KEYS[3] kombu's unacked hash, KEYS[4] kombu's unacked index
 # ARGV[1] prefix, ARGV[2] id, ARGV[3] allowed current statuses as " a b " ("" = any),
 # ARGV[4] patch (JSON object merged into the record), ARGV[5] lease token that must hold the
 # lease ("" = no check), ARGV[6] "1" to count an attempt, ARGV[7] due: "" keep, "-" remove,
 # else ms to wait in the due set until, ARGV[8] lease: "" keep, "release", else ms to renew,
-# ARGV[9] index cutoff ms (creation times before it are expired), ARGV[10] metrics hash ("" =
-# none) and ARGV[11..] its field, increment pairs: the counters of the calls this change reports,
-# added whether or not the change applies (the calls were made either way)
+# ARGV[9] index cutoff ms (creation times before it are expired), ARGV[10] delivery tag of the
+# broker message to acknowledge ("" = none), ARGV[11] metrics hash ("" = none) and ARGV[12..]
+# its field, increment pairs: the counters of the calls this change reports.
+# The counters and the ack happen whether or not the change applies: the calls were made either
+# way, and a delivery's last write ends it either way (a delivery that returns acks its message;
+# this is that ack, made in the same step as the outcome, the way kombu's QoS.ack makes it).
 # Returns {1, record} when applied, else {0, reason, record or nil}.
 UPDATE_LUA = """
-if ARGV[10] and ARGV[10] ~= '' then
-  for i = 11, #ARGV, 2 do redis.call('HINCRBY', ARGV[10], ARGV[i], ARGV[i + 1]) end
+if ARGV[10] ~= '' then
+  redis.call('ZREM', KEYS[4], ARGV[10])
+  redis.call('HDEL', KEYS[3], ARGV[10])
+end
+if ARGV[11] ~= '' then
+  for i = 12, #ARGV, 2 do redis.call('HINCRBY', ARGV[11], ARGV[i], ARGV[i + 1]) end
 end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {0, 'missing'} end

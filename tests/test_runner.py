@@ -16,7 +16,7 @@ import requests
 from tasks.client import ApiClient
 from tasks.job import Job, Status
 from tasks.ratelimit import RedisRateLimiter
-from tasks.runner import Runner
+from tasks.runner import ACKED_BY_LAST_WRITE, Runner
 from tasks.sandbox import SandboxServer
 from tasks.store import JobStore
 from tasks.tokens import TokenMinter
@@ -276,3 +276,53 @@ def test_a_delivery_while_another_holds_the_job_waits_for_its_lease(
     assert starts(sandbox) == []
     due_s = rdb.zscore("t:due", job_id) / 1000  # type: ignore[operator]
     assert 4 < due_s - time.time() <= 5.5
+
+
+@pytest.mark.parametrize(
+    ("script", "word"),
+    [
+        ([{"status": 503}, {"status": 503}], "succeeded"),  # two inline retries first
+        ([{"status": 400}], "failed"),
+        ([{"status": 429, "headers": {"Retry-After": "30"}}], "deferred"),
+    ],
+)
+def test_only_the_last_write_of_a_delivery_acks_its_message(
+    make_runner: MakeRunner,
+    store: JobStore,
+    sandbox: SandboxServer,
+    rdb: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    script: list[dict[str, Any]],
+    word: str,
+) -> None:
+    sandbox.script(*script)
+    job_id = enqueue(store)
+    rdb.hset("unacked", "tag-1", "[]")
+    rdb.zadd("unacked_index", {"tag-1": 1.0})
+    tags: list[str] = []
+    update = store.update
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        tags.append(kwargs.get("ack_tag", ""))
+        assert rdb.hexists("unacked", "tag-1"), "acked before the last write"
+        return update(*args, **kwargs)
+
+    monkeypatch.setattr(store, "update", spy)
+    assert make_runner().run(job_id, ack_tag="tag-1") == word
+    assert word in ACKED_BY_LAST_WRITE
+    assert tags[-1] == "tag-1" and set(tags[:-1]) <= {""}
+    # with retries: retrying, begin attempt 2, retrying, begin attempt 3, succeeded
+    assert len(tags) == (5 if word == "succeeded" else 1)
+    assert rdb.hlen("unacked") == 0 and rdb.zcard("unacked_index") == 0
+
+
+def test_a_skipped_delivery_leaves_its_message_to_the_caller(
+    make_runner: MakeRunner, store: JobStore, rdb: redis.Redis
+) -> None:
+    job_id = enqueue(store)
+    runner = make_runner()
+    runner.run(job_id)
+    rdb.hset("unacked", "tag-2", "[]")
+    word = runner.run(job_id, ack_tag="tag-2")
+    assert word == "skipped:finished" and word not in ACKED_BY_LAST_WRITE
+    assert rdb.hexists("unacked", "tag-2")  # Celery acks it as usual

@@ -328,3 +328,32 @@ def test_metrics_travel_with_an_update_even_when_it_is_refused(
     )
     assert not refused.applied
     assert rdb.hget("t:metrics", "calls:200") == b"2"
+
+
+def unacked_message(rdb: redis.Redis, tag: str) -> None:
+    """A message kombu delivered and has not acked: in its unacked hash and index."""
+    rdb.hset("unacked", tag, '[{}, "", "recorder"]')
+    rdb.zadd("unacked_index", {tag: 1.0})
+
+
+def test_an_update_with_an_ack_tag_acks_that_message_only(
+    store: JobStore, rdb: redis.Redis
+) -> None:
+    job_id = new(store)
+    for tag in ("mine", "other"):
+        unacked_message(rdb, tag)
+    assert store.update(job_id, {"status": "succeeded"}, ack_tag="mine").applied
+    assert rdb.hkeys("unacked") == [b"other"] and rdb.zrange("unacked_index", 0, -1) == [b"other"]
+    store.update(job_id, {"status": "failed"})  # no tag: no ack
+    assert rdb.hkeys("unacked") == [b"other"]
+
+
+def test_a_refused_update_still_acks_its_message(store: JobStore, rdb: redis.Redis) -> None:
+    # the delivery ends either way (a refused last write means another delivery owns the job)
+    job_id = new(store)
+    unacked_message(rdb, "mine")
+    refused = store.update(
+        job_id, {"status": "succeeded"}, lease_token="not-the-holder", ack_tag="mine"
+    )
+    assert not refused.applied and refused.reason == "lease_lost"
+    assert rdb.hlen("unacked") == 0 and rdb.zcard("unacked_index") == 0

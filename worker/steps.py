@@ -85,9 +85,13 @@ def quiet_celery_task_lines(sender: Any = None, **_: Any) -> None:
 
 
 @worker_init.connect
-def share_redis_clients(**_: Any) -> None:
-    """One Redis client per kombu channel in the worker (see :mod:`worker.transport`)."""
+def tune_redis_transport(**_: Any) -> None:
+    """One Redis client per kombu channel, and no ack round trip the job store made already.
+
+    See :mod:`worker.transport`.
+    """
     transport.share_clients()
+    transport.skip_store_acks()
 
 
 @worker_init.connect
