@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -357,3 +358,29 @@ def test_a_refused_update_still_acks_its_message(store: JobStore, rdb: redis.Red
     )
     assert not refused.applied and refused.reason == "lease_lost"
     assert rdb.hlen("unacked") == 0 and rdb.zcard("unacked_index") == 0
+
+
+def test_each_thread_keeps_one_connection_for_the_job_scripts_and_returns_it_at_its_end(
+    store: JobStore,
+) -> None:
+    job_id = new(store)
+    pool = store.client.connection_pool
+    clients: list[redis.Redis] = []
+
+    def deliver() -> None:
+        for _ in range(3):
+            assert store.update(job_id, {}).applied
+        clients.append(store._own_client())
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    first, second = clients
+    assert first is not second and first.connection is not second.connection
+    assert {first.connection, second.connection} <= pool._in_use_connections  # type: ignore[attr-defined]
+    clients.clear()
+    del first, second
+    gc.collect()  # the threads' clients are gone: their connections are back in the pool
+    assert not pool._in_use_connections  # type: ignore[attr-defined]
