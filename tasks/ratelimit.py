@@ -26,6 +26,8 @@ from typing import Any
 
 import redis
 
+from tasks.connections import own_client
+
 #: a 429 without Retry-After multiplies the effective rate by this...
 DECREASE_FACTOR = 0.5
 #: ...never below this fraction of the configured rate...
@@ -123,6 +125,7 @@ class RedisRateLimiter:
         self.burst = burst
         self._keys = [f"{prefix}:rl:tat", f"{prefix}:rl:cooldown", f"{prefix}:rl:aimd"]
         self._interval_us = 1_000_000 / rate_per_s
+        self._client = client
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._backoff = client.register_script(BACKOFF_LUA)
 
@@ -140,6 +143,7 @@ class RedisRateLimiter:
         self._backoff(
             keys=self._keys[1:],
             args=[retry_after_us, DECREASE_FACTOR, MIN_FACTOR, RECOVERY_PER_S],
+            client=own_client(self._client),
         )
 
     def step(self, *, max_wait_s: float, reserve: bool = True) -> tuple[list[str], list[Any]]:
@@ -155,7 +159,9 @@ class RedisRateLimiter:
 
     def _call(self, max_wait_s: float, *, reserve: bool) -> Admission:
         keys, args = self.step(max_wait_s=max_wait_s, reserve=reserve)
-        wait_us, reserved, cooldown, factor_milli, backlog_us = self._acquire(keys=keys, args=args)
+        wait_us, reserved, cooldown, factor_milli, backlog_us = self._acquire(
+            keys=keys, args=args, client=own_client(self._client)
+        )
         return Admission(
             wait_s=wait_us / 1_000_000,
             reserved=bool(reserved),

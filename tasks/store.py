@@ -31,8 +31,6 @@ it as a broker either), so the scripts may build the keys of the job they read.
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,6 +40,7 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 
+from tasks.connections import own_client
 from tasks.job import Job, Status, utc_iso
 from tasks.store_scripts import (
     CLAIM_LUA,
@@ -100,24 +99,6 @@ class JobStore:
         self._pop_due = client.register_script(POP_DUE_LUA)
         self._dispatched = client.register_script(DISPATCHED_LUA)
         self._sweep = client.register_script(SWEEP_LUA)
-        self._local = threading.local()
-
-    def _own_client(self) -> redis.Redis:
-        """This thread's client for the per-job scripts: one connection of the shared pool, kept.
-
-        A command through the pool takes its lock and probes the connection for unread data
-        (a poll and a non-blocking read): about 25 µs of CPU, and more when 32 worker threads
-        contend. The connection returns to the pool when the thread ends. A forked child (a
-        prefork pool process) makes its own.
-        """
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            local.client = redis.Redis(
-                connection_pool=self.client.connection_pool, single_connection_client=True
-            )
-            local.pid = os.getpid()
-        client: redis.Redis = local.client
-        return client
 
     def key(self, kind: str, name: str = "") -> str:
         """The one place Redis keys are built: ``{prefix}:{kind}[:{name}]``."""
@@ -229,7 +210,7 @@ class JobStore:
         if renew_lease_s is not None:
             lease = str(int(renew_lease_s * 1000))
         result = self._update(
-            client=self._own_client(),
+            client=own_client(self.client),
             keys=[self.key("job", job_id), self.key("lease", job_id), *UNACKED_KEYS],
             args=[
                 self.prefix,
@@ -273,7 +254,7 @@ class JobStore:
         now = self.clock()
         rate_keys, rate_args = rate_step or (["-", "-", "-"], [0, 0, 0, 0, "0"])
         result = self._claim(
-            client=self._own_client(),
+            client=own_client(self.client),
             keys=[self.key("job", job_id), self.key("lease", job_id), self.key("held"), *rate_keys],
             args=[
                 token,

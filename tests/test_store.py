@@ -6,6 +6,7 @@ import threading
 import pytest
 import redis
 
+from tasks.connections import own_client
 from tasks.job import Status
 from tasks.ratelimit import RedisRateLimiter
 from tasks.store import Claim, JobStore
@@ -370,7 +371,7 @@ def test_each_thread_keeps_one_connection_for_the_job_scripts_and_returns_it_at_
     def deliver() -> None:
         for _ in range(3):
             assert store.update(job_id, {}).applied
-        clients.append(store._own_client())
+        clients.append(own_client(store.client))
 
     threads = [threading.Thread(target=deliver) for _ in range(2)]
     for thread in threads:
