@@ -5,7 +5,7 @@ Sections (``--only a,b``; all by default, in this order):
 - ``capacity``     the sandbox API's own capacity (it runs as its own process), no latency
 - ``enqueue``      ``enqueue_recording`` vs a bare ``.delay()`` of a minimal task (target >= 0.7)
 - ``drain``        5,000 jobs: ours vs a plain Celery task vs a Dramatiq actor that only POST,
-                   prefork and thread pools, two processes each, three rounds taking turns
+                   prefork and thread pools, two processes each, five rounds taking turns
                    (target >= 0.85 of plain)
 - ``api_latency``  a 250 ms API, one worker with each system's defaults (ours: >= 95 jobs/s)
 - ``latency``      enqueue -> API call arrival at 20 jobs/s, p50/p99
