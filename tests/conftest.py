@@ -250,6 +250,12 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop(signal.SIGKILL)
 
 
+def unacked_message(client: redis.Redis, tag: str) -> None:
+    """A message kombu delivered and has not acked yet: in its unacked hash and index."""
+    client.hset("unacked", tag, '[{}, "", "recorder"]')
+    client.zadd("unacked_index", {tag: 1.0})
+
+
 def max_in_any_window(times_s: Sequence[float], window_s: float = 1.0) -> int:
     """The most arrivals in any window ``[t, t + window_s)`` that starts at an arrival."""
     ordered, most, end = sorted(times_s), 0, 0

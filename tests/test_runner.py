@@ -20,7 +20,7 @@ from tasks.runner import ACKED_BY_LAST_WRITE, Runner
 from tasks.sandbox import SandboxServer
 from tasks.store import JobStore
 from tasks.tokens import TokenMinter
-from tests.conftest import API_KEY, SECRET
+from tests.conftest import API_KEY, SECRET, unacked_message
 
 MakeRunner = Callable[..., Runner]
 
@@ -297,8 +297,7 @@ def test_only_the_last_write_of_a_delivery_acks_its_message(
 ) -> None:
     sandbox.script(*script)
     job_id = enqueue(store)
-    rdb.hset("unacked", "tag-1", "[]")
-    rdb.zadd("unacked_index", {"tag-1": 1.0})
+    unacked_message(rdb, "tag-1")
     tags: list[str] = []
     update = store.update
 
@@ -322,7 +321,7 @@ def test_a_skipped_delivery_leaves_its_message_to_the_caller(
     job_id = enqueue(store)
     runner = make_runner()
     runner.run(job_id)
-    rdb.hset("unacked", "tag-2", "[]")
+    unacked_message(rdb, "tag-2")
     word = runner.run(job_id, ack_tag="tag-2")
     assert word == "skipped:finished" and word not in ACKED_BY_LAST_WRITE
     assert rdb.hexists("unacked", "tag-2")  # Celery acks it as usual

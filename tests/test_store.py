@@ -10,6 +10,7 @@ from tasks.connections import own_client
 from tasks.job import Status
 from tasks.ratelimit import RedisRateLimiter
 from tasks.store import Claim, JobStore
+from tests.conftest import unacked_message
 
 
 class Clock:
@@ -330,12 +331,6 @@ def test_metrics_travel_with_an_update_even_when_it_is_refused(
     )
     assert not refused.applied
     assert rdb.hget("t:metrics", "calls:200") == b"2"
-
-
-def unacked_message(rdb: redis.Redis, tag: str) -> None:
-    """A message kombu delivered and has not acked: in its unacked hash and index."""
-    rdb.hset("unacked", tag, '[{}, "", "recorder"]')
-    rdb.zadd("unacked_index", {tag: 1.0})
 
 
 def test_an_update_with_an_ack_tag_acks_that_message_only(
