@@ -6,6 +6,13 @@ manage recurring schedules.
 
 from __future__ import annotations
 
+from tasks.api import (
+    cancel_job,
+    enqueue_recording,
+    get_job,
+    list_jobs,
+    retry_job,
+)
 from tasks.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -14,14 +21,8 @@ from tasks.errors import (
     ValidationError,
 )
 from tasks.job import Job, Status
-from tasks.producer import cancel_job, enqueue_recording, get_job, list_jobs, retry_job
-from tasks.schedules import (
-    Schedule,
-    add_schedule,
-    get_schedule,
-    list_schedules,
-    remove_schedule,
-)
+from tasks.schedules.api import add_schedule, get_schedule, list_schedules, remove_schedule
+from tasks.schedules.store import Schedule
 
 __all__ = [
     "BrokerUnavailable",

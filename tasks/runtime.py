@@ -13,14 +13,14 @@ from typing import TypeVar
 
 import redis
 
-from tasks.client import ApiClient
-from tasks.connections import redis_client
-from tasks.dispatcher import Dispatcher
-from tasks.ratelimit import RedisRateLimiter
-from tasks.runner import Runner
-from tasks.store import JobStore
-from tasks.tokens import TokenMinter
-from worker.config import VISIBILITY_TIMEOUT_S, Settings, settings
+from tasks.videosdk.client import ApiClient
+from tasks.store.connections import redis_client
+from tasks.delivery.dispatcher import Dispatcher, Publish
+from tasks.store.ratelimit import RedisRateLimiter
+from tasks.delivery.runner import Runner
+from tasks.store.jobs import JobStore
+from tasks.videosdk.tokens import TokenMinter
+from tasks.settings import VISIBILITY_TIMEOUT_S, Settings, settings
 
 T = TypeVar("T")
 _lock = threading.RLock()
@@ -40,16 +40,16 @@ def _once(name: str, build: Callable[[], T]) -> T:
 
 
 def reset() -> None:
-    """Forget every built object (tests change the environment between runs)."""
-    from worker.app import reconfigure
+    """Forget every built object and the settings (tests change the environment in-process).
 
+    The Celery app's configuration is reloaded by ``worker.config.reconfigure``.
+    """
     with _lock:
         for built in _cache.values():
             if isinstance(built, redis.Redis):
                 built.close()
         _cache.clear()
     settings.cache_clear()
-    reconfigure()
 
 
 def config() -> Settings:
@@ -106,14 +106,12 @@ def runner() -> Runner:
     return _once("runner", build)
 
 
-def new_dispatcher() -> Dispatcher:
+def new_dispatcher(publish: Publish) -> Dispatcher:
     """A due-job dispatcher and sweeper, as every worker and beat runs one (not yet started).
 
     A queued job counts as stranded only once kombu's visibility timeout (plus a margin) has
     passed with nobody working on it: until then its message may simply be waiting in the queue.
     """
-    from tasks.producer import publish
-
     return Dispatcher(
         store=store(),
         publish=publish,

@@ -19,7 +19,9 @@ import redis
 import tasks
 from tasks import runtime
 from tasks.job import Job
-from tasks.sandbox import SandboxServer
+from tasks.sandbox.server import SandboxServer
+from worker.app import app
+from worker.config import reconfigure
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,9 +108,15 @@ def recorder_env(
     env = base_env(redis_url, sandbox.url)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    runtime.reset()
+    reset_process()
     yield env
+    reset_process()
+
+
+def reset_process() -> None:
+    """Read the environment again: our objects, settings and the Celery app's configuration."""
     runtime.reset()
+    reconfigure(app)
 
 
 class CeleryProcess:
@@ -248,12 +256,6 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.stop(signal.SIGKILL)
-
-
-def unacked_message(client: redis.Redis, tag: str) -> None:
-    """A message kombu delivered and has not acked yet: in its unacked hash and index."""
-    client.hset("unacked", tag, '[{}, "", "recorder"]')
-    client.zadd("unacked_index", {tag: 1.0})
 
 
 def max_in_any_window(times_s: Sequence[float], window_s: float = 1.0) -> int:

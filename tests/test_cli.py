@@ -14,9 +14,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from tasks import cli, cli_format, runtime
+from tasks import runtime
+from tasks.cli import commands as cli
+from tests.conftest import reset_process
+from tasks.cli import format as cli_format
 from tasks.job import Job, Status
-from tasks.producer import enqueue_recording, get_job
+from tasks.api import enqueue_recording, get_job
 
 #: a database of its own, so other test modules (and their workers) never see these jobs
 CLI_TEST_DB = int(os.environ.get("RECORDER_CLI_TEST_DB", "13"))
@@ -29,7 +32,7 @@ SETTINGS_VARS = ("REDIS_URL", "RECORDER_KEY_PREFIX", "REDIS_SENTINEL_MASTER", "R
 def _use_redis(url: str) -> None:
     """Point the runtime, and the Celery app that publishes jobs, at ``url``."""
     os.environ["REDIS_URL"] = url
-    runtime.reset()
+    reset_process()
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)
     yield
     monkeypatch.undo()
-    runtime.reset()
+    reset_process()
 
 
 @pytest.fixture
@@ -401,7 +404,7 @@ def test_limits_shows_the_rate_limiter_without_taking_a_slot(
     rdb: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
     os.environ["RECORDER_RATE_LIMIT"] = "120/m"
-    runtime.reset()
+    reset_process()
     runtime.limiter().on_rate_limited(5.0)  # a 429 with Retry-After: 5
     code, out, _ = run(capsys, "limits", "--json")
     assert code == 0

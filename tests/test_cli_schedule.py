@@ -8,8 +8,8 @@ import sys
 import pytest
 
 import tasks
-from tasks import cli_schedule
-from tasks.cli_format import BadUsage, Parser
+from tasks.cli import schedule as cli_schedule
+from tasks.cli.format import BadUsage, Parser
 from tasks.errors import ValidationError
 
 

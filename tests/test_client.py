@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.client import ApiClient
+from tasks.videosdk.client import ApiClient
 from tasks.errors import RequestRefused
-from tasks.sandbox import SandboxServer
-from tasks.tokens import TokenMinter
+from tasks.sandbox.server import SandboxServer
+from tasks.videosdk.tokens import TokenMinter
 from tests.conftest import API_KEY, SECRET
 
 PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy")

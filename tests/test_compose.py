@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks import cli
+from tasks.cli import commands as cli
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -130,7 +130,7 @@ def test_the_app_passes_through_every_setting(compose: dict[str, Any]) -> None:
     env_names = set(compose["x-app"]["environment"])
     settings_read = {
         m.group(1) or m.group(2)
-        for m in READ_IN_CODE.finditer((ROOT / "worker" / "config.py").read_text())
+        for m in READ_IN_CODE.finditer((ROOT / "tasks" / "settings.py").read_text())
     }
     # the secret arrives as a file, only in the services that need it
     assert settings_read - env_names == {"VIDEOSDK_SECRET", "VIDEOSDK_SECRET_FILE"}

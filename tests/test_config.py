@@ -9,21 +9,19 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection
 from kombu.transport import redis as kombu_redis
 from redis.sentinel import SentinelConnectionPool
 
-from tasks.connections import parse_sentinel_url, redis_client
+from tasks.store.connections import parse_sentinel_url, redis_client
 from tasks.errors import ConfigurationError
-from worker.config import (
+from tasks.settings import (
     DEFAULT_API_BASE,
     DEFAULT_REDIS_URL,
     Secret,
     Settings,
-    celery_config,
     parse_rate,
 )
-from worker.transport import share_clients
+from worker.config import celery_config
 
 SECRET = "s3cr3t-config-test-value"
 
@@ -300,31 +298,6 @@ def test_a_rediss_url_without_cert_reqs_still_verifies_the_broker() -> None:
     params = broker_connparams(celery_config(from_env(REDIS_URL="rediss://host:6380/0")))
     assert params["connection_class"] is redis.SSLConnection
     assert params["ssl_cert_reqs"] == ssl.CERT_REQUIRED
-
-
-def test_a_worker_channel_shares_one_client_across_publishes_and_acks(redis_url: str) -> None:
-    class Channel(kombu_redis.Channel):  # patched here, so kombu's own stays as it is
-        pass
-
-    class Transport(kombu_redis.Transport):
-        pass
-
-    Transport.Channel = Channel
-    share_clients(Channel)
-    with Connection(redis_url, transport=Transport) as connection:
-        channel = connection.default_channel
-        assert isinstance(channel, Channel)
-        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
-            assert first is second and first.ping()
-        given = redis.Redis.from_url(redis_url)
-        with channel.conn_or_acquire(given) as third:
-            assert third is given
-        given.close()
-    stock = Connection(redis_url)  # kombu's own class is untouched
-    channel = stock.default_channel
-    with channel.conn_or_acquire() as a, channel.conn_or_acquire() as b:
-        assert a is not b
-    stock.close()
 
 
 def test_celery_config_turns_on_the_events_flower_needs() -> None:

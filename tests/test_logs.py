@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from tasks.logs import JWT, REDACTED_JWT, REDACTED_SECRET, RecorderFormatter, install
-from tasks.tokens import TokenMinter
+from worker.signals import install_log_format
+from tasks.videosdk.tokens import TokenMinter
 from tests.conftest import API_KEY, SECRET
-from worker.config import settings
+from tasks.settings import settings
 
 TOKEN = TokenMinter(api_key=API_KEY, secret=SECRET).token()
 
@@ -28,7 +29,7 @@ def record(
             raise RuntimeError(f"boom with {TOKEN} and {SECRET}")
         except RuntimeError:
             exc_info = sys.exc_info()
-    rec = logging.LogRecord("tasks.runner", logging.INFO, __file__, 1, msg, args or None, exc_info)
+    rec = logging.LogRecord("tasks.delivery.runner", logging.INFO, __file__, 1, msg, args or None, exc_info)
     rec.__dict__.update(extra)
     return rec
 
@@ -57,7 +58,7 @@ def test_json_line_has_ts_level_logger_message_and_the_extra_fields() -> None:
     out = as_json(rec)
     assert list(out)[:4] == ["ts", "level", "logger", "message"]
     assert out["ts"].endswith("Z") and out["ts"][:2] == "20"
-    assert out["level"] == "INFO" and out["logger"] == "tasks.runner"
+    assert out["level"] == "INFO" and out["logger"] == "tasks.delivery.runner"
     assert out["message"] == "job j1 room=r1 status=succeeded"
     assert {k: out[k] for k in ("job_id", "room_id", "status", "attempt", "http_status")} == {
         "job_id": "j1",
@@ -158,8 +159,6 @@ def clean_settings() -> Iterator[None]:
 def test_the_celery_logging_signal_installs_json_from_the_settings(
     monkeypatch: pytest.MonkeyPatch, clean_settings: None
 ) -> None:
-    from worker.steps import install_log_format
-
     monkeypatch.setenv("RECORDER_LOG_FORMAT", "json")
     monkeypatch.setenv("VIDEOSDK_SECRET", SECRET)
     logger = logging.getLogger("tests.logs.signal")

@@ -11,13 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tasks import metrics
-from tasks.client import ApiClient
-from tasks.ratelimit import RedisRateLimiter
-from tasks.runner import Runner
-from tasks.sandbox import SandboxServer
-from tasks.store import JobStore
-from tasks.tokens import TokenMinter
+from tasks.store import metrics
+from tasks.videosdk.client import ApiClient
+from tasks.store.ratelimit import RedisRateLimiter
+from tasks.delivery.runner import Runner
+from tasks.sandbox.server import SandboxServer
+from tasks.store.jobs import JobStore
+from tasks.videosdk.tokens import TokenMinter
 from tests.conftest import API_KEY, SECRET, free_port
 
 KEY = metrics.key("t")
@@ -208,7 +208,7 @@ def test_the_runner_counts_every_api_call_by_status(
 ) -> None:
     store = JobStore(client=rdb, prefix="t", ttl_s=3600)
     sandbox.script({"status": 503}, {"status": 503}, {"status": 200})
-    assert make_runner(rdb, store, sandbox).run(enqueue(store, "room-1")) == "succeeded"
+    assert make_runner(rdb, store, sandbox).run(enqueue(store, "room-1")).word == "succeeded"
     snap = metrics.snapshot(rdb, "t")
     assert snap["api_calls"] == {"200": 1, "503": 2}
     assert snap["api_latency_ms"]["count"] == 3
@@ -220,14 +220,14 @@ def test_the_runner_counts_inline_and_deferred_rate_limit_waits(
     store = JobStore(client=rdb, prefix="t", ttl_s=3600)
     # Given 4 calls/s and slots held for at most 0.5 s: the second job waits in place
     runner = make_runner(rdb, store, sandbox, rate_per_s=4, inline_wait_max_s=0.5)
-    assert runner.run(enqueue(store, "room-a")) == "succeeded"
-    assert runner.run(enqueue(store, "room-b")) == "succeeded"
+    assert runner.run(enqueue(store, "room-a")).word == "succeeded"
+    assert runner.run(enqueue(store, "room-b")).word == "succeeded"
     waits = metrics.snapshot(rdb, "t")["rate_limit_waits"]
     assert waits == {"inline": 1, "deferred": 0}
     # and at 0.1 calls/s the next one is handed back to the due set
     slow = make_runner(rdb, store, sandbox, rate_per_s=0.1, inline_wait_max_s=0.5)
-    assert slow.run(enqueue(store, "room-c")) in {"succeeded", "deferred"}
-    assert slow.run(enqueue(store, "room-d")) == "deferred"
+    assert slow.run(enqueue(store, "room-c")).word in {"succeeded", "deferred"}
+    assert slow.run(enqueue(store, "room-d")).word == "deferred"
     snap = metrics.snapshot(rdb, "t")
     assert snap["rate_limit_waits"]["deferred"] >= 1
     assert snap["rate_limit_wait_s"]["deferred"] > 5

@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from tasks.ratelimit import MIN_FACTOR, RedisRateLimiter
+from tasks.store.ratelimit import MIN_FACTOR, RedisRateLimiter
 
 
 def admitted_now(limiter: RedisRateLimiter, tries: int) -> int:

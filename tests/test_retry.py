@@ -15,7 +15,7 @@ from tasks.errors import (
     ServerFailed,
     TokenRejected,
 )
-from tasks.retry import RETRY_AFTER_MAX_S, backoff_s, is_retryable, parse_retry_after
+from tasks.videosdk.retry import RETRY_AFTER_MAX_S, backoff_s, is_retryable, parse_retry_after
 
 NOW = 1_700_000_000.0
 

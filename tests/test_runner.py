@@ -13,14 +13,14 @@ import pytest
 import redis
 import requests
 
-from tasks.client import ApiClient
+from tasks.videosdk.client import ApiClient
 from tasks.job import Job, Status
-from tasks.ratelimit import RedisRateLimiter
-from tasks.runner import ACKED_BY_LAST_WRITE, Runner
-from tasks.sandbox import SandboxServer
-from tasks.store import JobStore
-from tasks.tokens import TokenMinter
-from tests.conftest import API_KEY, SECRET, unacked_message
+from tasks.store.ratelimit import RedisRateLimiter
+from tasks.delivery.runner import Runner
+from tasks.sandbox.server import SandboxServer
+from tasks.store.jobs import JobStore
+from tasks.videosdk.tokens import TokenMinter
+from tests.conftest import API_KEY, SECRET
 
 MakeRunner = Callable[..., Runner]
 
@@ -75,7 +75,7 @@ def test_success_records_the_response(
     make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
 ) -> None:
     job_id = enqueue(store)
-    assert make_runner().run(job_id) == "succeeded"
+    assert make_runner().run(job_id).word == "succeeded"
     done = job(store, job_id)
     assert done.status is Status.SUCCEEDED and done.attempts == 1 and done.http_status == 200
     assert done.response == "Recording started successfully"
@@ -88,7 +88,7 @@ def test_503_three_times_then_200_succeeds_on_the_fourth_attempt(
 ) -> None:
     sandbox.script({"status": 503}, {"status": 503}, {"status": 503})
     job_id = enqueue(store)
-    assert make_runner().run(job_id) == "succeeded"
+    assert make_runner().run(job_id).word == "succeeded"
     assert job(store, job_id).attempts == 4
     assert [c["status"] for c in starts(sandbox)] == [503, 503, 503, 200]
 
@@ -98,7 +98,7 @@ def test_429_retry_after_seconds_is_honoured(
 ) -> None:
     sandbox.script({"status": 429, "headers": {"Retry-After": "1"}})
     job_id = enqueue(store)
-    assert make_runner().run(job_id) == "succeeded"
+    assert make_runner().run(job_id).word == "succeeded"
     first, second = starts(sandbox)
     assert second["t"] - first["t"] >= 1.0
 
@@ -110,7 +110,7 @@ def test_429_retry_after_http_date_is_honoured(
     when = format_datetime(datetime.fromtimestamp(time.time() + 3, UTC), usegmt=True)
     sandbox.script({"status": 429, "headers": {"Retry-After": when}})
     job_id = enqueue(store)
-    assert make_runner().run(job_id) == "succeeded"
+    assert make_runner().run(job_id).word == "succeeded"
     first, second = starts(sandbox)
     assert second["t"] - first["t"] >= 2.0
 
@@ -123,7 +123,7 @@ def test_429_pauses_other_workers_too(
     make_runner(max_attempts=1).run(first)  # fails, but sets the shared cool-down
     t0 = time.time()
     other = enqueue(store, "room-b")
-    assert make_runner().run(other) == "succeeded"  # a second "worker"
+    assert make_runner().run(other).word == "succeeded"  # a second "worker"
     assert starts(sandbox)[-1]["t"] - t0 >= 0.8
 
 
@@ -132,7 +132,7 @@ def test_400_is_not_retried(
 ) -> None:
     sandbox.script({"status": 400, "body": {"message": "bad roomId"}})
     job_id = enqueue(store)
-    assert make_runner().run(job_id) == "failed"
+    assert make_runner().run(job_id).word == "failed"
     failed = job(store, job_id)
     assert failed.attempts == 1 and failed.http_status == 400
     assert failed.error == {"type": "invalid_params", "message": "HTTP 400: bad roomId"}
@@ -141,7 +141,7 @@ def test_400_is_not_retried(
 
 def test_404_room_not_found_fails_at_once(make_runner: MakeRunner, store: JobStore) -> None:
     job_id = enqueue(store, "missing-room")
-    assert make_runner().run(job_id) == "failed"
+    assert make_runner().run(job_id).word == "failed"
     assert job(store, job_id).error["type"] == "room_not_found"  # type: ignore[index]
 
 
@@ -150,7 +150,7 @@ def test_attempts_are_exhausted_after_max_attempts(
 ) -> None:
     sandbox.script(*[{"status": 502}] * 5)
     job_id = enqueue(store)
-    assert make_runner(max_attempts=3).run(job_id) == "failed"
+    assert make_runner(max_attempts=3).run(job_id).word == "failed"
     failed = job(store, job_id)
     assert failed.attempts == 3 and len(starts(sandbox)) == 3
     assert failed.error is not None and failed.error["type"] == "server_error"
@@ -164,7 +164,7 @@ def test_timeout_then_already_started_means_succeeded(
     sandbox.script({"delay_s": 2.0, "start": True, "status": 200})
     job_id = enqueue(store)
     # When the retry is refused as "already started"
-    assert make_runner(read_timeout_s=0.5).run(job_id) == "succeeded"
+    assert make_runner(read_timeout_s=0.5).run(job_id).word == "succeeded"
     # Then the job succeeded: its own first attempt started the recording
     done = job(store, job_id)
     assert done.attempts == 2 and done.maybe_started and done.http_status == 400
@@ -176,8 +176,8 @@ def test_already_recording_with_no_earlier_attempt_fails(
 ) -> None:
     first, second = enqueue(store, "room-x"), enqueue(store, "room-x")
     runner = make_runner()
-    assert runner.run(first) == "succeeded"
-    assert runner.run(second) == "failed"
+    assert runner.run(first).word == "succeeded"
+    assert runner.run(second).word == "failed"
     assert job(store, second).error["type"] == "already_recording"  # type: ignore[index]
 
 
@@ -187,13 +187,13 @@ def test_401_re_mints_the_token_once(
     sandbox.script({"status": 401})
     runner = make_runner()
     job_id = enqueue(store)
-    assert runner.run(job_id) == "succeeded"
+    assert runner.run(job_id).word == "succeeded"
     assert runner.minter.minted == 2 and job(store, job_id).attempts == 2
 
 
 def test_a_wrong_secret_fails_after_one_re_mint(make_runner: MakeRunner, store: JobStore) -> None:
     job_id = enqueue(store)
-    assert make_runner(secret="wrong-" + SECRET).run(job_id) == "failed"
+    assert make_runner(secret="wrong-" + SECRET).run(job_id).word == "failed"
     failed = job(store, job_id)
     assert failed.attempts == 2 and failed.error["type"] == "unauthorized"  # type: ignore[index]
 
@@ -204,7 +204,7 @@ def test_a_long_backoff_hands_the_job_back_instead_of_holding_the_slot(
     sandbox.script({"status": 429, "headers": {"Retry-After": "30"}})
     job_id = enqueue(store)
     t0 = time.monotonic()
-    assert make_runner().run(job_id) == "deferred"
+    assert make_runner().run(job_id).word == "deferred"
     assert time.monotonic() - t0 < 2
     waiting = job(store, job_id)
     assert waiting.status is Status.RETRYING and waiting.attempts == 1
@@ -218,9 +218,9 @@ def test_a_rate_limit_wait_does_not_use_an_attempt(
     make_runner: MakeRunner, store: JobStore, rdb: redis.Redis
 ) -> None:
     runner = make_runner(rate_per_s=0.1, inline_wait_max_s=0.5)
-    assert runner.run(enqueue(store, "room-a")) == "succeeded"
+    assert runner.run(enqueue(store, "room-a")).word == "succeeded"
     second = enqueue(store, "room-b")
-    assert runner.run(second) == "deferred"
+    assert runner.run(second).word == "deferred"
     waiting = job(store, second)
     assert waiting.status is Status.QUEUED and waiting.attempts == 0
     assert waiting.error["type"] == "rate_limit_wait"  # type: ignore[index]
@@ -233,7 +233,7 @@ def test_a_finished_job_is_never_called_again(
     job_id = enqueue(store)
     runner = make_runner()
     runner.run(job_id)
-    assert runner.run(job_id) == "skipped:finished"
+    assert runner.run(job_id).word == "skipped:finished"
     assert len(starts(sandbox)) == 1
 
 
@@ -242,7 +242,7 @@ def test_a_cancelled_job_never_reaches_the_api(
 ) -> None:
     job_id = enqueue(store)
     store.update(job_id, {"status": "cancelled"})
-    assert make_runner().run(job_id) == "skipped:finished"
+    assert make_runner().run(job_id).word == "skipped:finished"
     assert starts(sandbox) == []
 
 
@@ -261,7 +261,7 @@ def test_a_call_cut_short_by_a_dead_worker_counts_as_maybe_started(
     )
     assert started.status_code == 200
     # When the job is delivered again and the API refuses it as already recording
-    assert make_runner().run(job_id) == "succeeded"
+    assert make_runner().run(job_id).word == "succeeded"
     # Then it succeeded, with the refusal as its last response
     done = job(store, job_id)
     assert done.attempts == 2 and done.maybe_started and done.http_status == 400
@@ -272,56 +272,9 @@ def test_a_delivery_while_another_holds_the_job_waits_for_its_lease(
 ) -> None:
     job_id = enqueue(store)
     assert store.claim(job_id, token="other-worker", lease_s=5).kind == "claimed"
-    assert make_runner().run(job_id) == "skipped:leased"
+    assert make_runner().run(job_id).word == "skipped:leased"
     assert starts(sandbox) == []
     due_s = rdb.zscore("t:due", job_id) / 1000  # type: ignore[operator]
     assert 4 < due_s - time.time() <= 5.5
 
 
-@pytest.mark.parametrize(
-    ("script", "word"),
-    [
-        ([{"status": 503}, {"status": 503}], "succeeded"),  # two inline retries first
-        ([{"status": 400}], "failed"),
-        ([{"status": 429, "headers": {"Retry-After": "30"}}], "deferred"),
-    ],
-)
-def test_only_the_last_write_of_a_delivery_acks_its_message(
-    make_runner: MakeRunner,
-    store: JobStore,
-    sandbox: SandboxServer,
-    rdb: redis.Redis,
-    monkeypatch: pytest.MonkeyPatch,
-    script: list[dict[str, Any]],
-    word: str,
-) -> None:
-    sandbox.script(*script)
-    job_id = enqueue(store)
-    unacked_message(rdb, "tag-1")
-    tags: list[str] = []
-    update = store.update
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        tags.append(kwargs.get("ack_tag", ""))
-        assert rdb.hexists("unacked", "tag-1"), "acked before the last write"
-        return update(*args, **kwargs)
-
-    monkeypatch.setattr(store, "update", spy)
-    assert make_runner().run(job_id, ack_tag="tag-1") == word
-    assert word in ACKED_BY_LAST_WRITE
-    assert tags[-1] == "tag-1" and set(tags[:-1]) <= {""}
-    # with retries: retrying, begin attempt 2, retrying, begin attempt 3, succeeded
-    assert len(tags) == (5 if word == "succeeded" else 1)
-    assert rdb.hlen("unacked") == 0 and rdb.zcard("unacked_index") == 0
-
-
-def test_a_skipped_delivery_leaves_its_message_to_the_caller(
-    make_runner: MakeRunner, store: JobStore, rdb: redis.Redis
-) -> None:
-    job_id = enqueue(store)
-    runner = make_runner()
-    runner.run(job_id)
-    unacked_message(rdb, "tag-2")
-    word = runner.run(job_id, ack_tag="tag-2")
-    assert word == "skipped:finished" and word not in ACKED_BY_LAST_WRITE
-    assert rdb.hexists("unacked", "tag-2")  # Celery acks it as usual

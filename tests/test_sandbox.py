@@ -1,4 +1,4 @@
-"""Tests of tasks.sandbox: a real server on 127.0.0.1, real HTTP through requests."""
+"""Tests of tasks.sandbox.server: a real server on 127.0.0.1, real HTTP through requests."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import jwt
 import pytest
 import requests
 
-from tasks.sandbox import STARTED, Faults, SandboxServer
+from tasks.sandbox.server import STARTED, Faults, SandboxServer
 
 API_KEY = "test-key"
 SECRET = "test-secret-that-is-at-least-32-bytes-long"  # shorter ones make PyJWT warn
@@ -316,7 +316,7 @@ def test_connection_is_kept_alive_between_requests(sandbox):
 
 def test_main_prints_listening_line_serves_and_exits_0_on_sigterm():
     code = (
-        "from tasks.sandbox import main; raise SystemExit(main(["
+        "from tasks.sandbox.server import main; raise SystemExit(main(["
         f"'--port', '0', '--api-key', {API_KEY!r}, '--secret', {SECRET!r}, '--latency-ms', '1']))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOSDK_")}

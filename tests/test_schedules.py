@@ -12,12 +12,15 @@ from redbeat.decoder import RedBeatJSONDecoder
 from redbeat.schedulers import RedBeatConfig
 
 import tasks
-from tasks.cron import Every, parse_cron
+from tasks.schedules.cron import Every, parse_cron
 from tasks.errors import BrokerUnavailable, ConfigurationError, ValidationError
 from tasks.job import Job, utc_iso
-from tasks.producer import enqueue_recording
-from tasks.schedule_store import fire_times
-from tasks.schedules import fire_due, fire_key, store
+from tasks.api import enqueue_recording
+from tasks.schedules.store import fire_times
+from tasks.schedules.api import store
+from tasks.schedules.firing import fire_due, fire_key
+from tasks.settings import Settings
+from worker.config import celery_config
 
 
 def at(text: str) -> datetime:
@@ -290,8 +293,6 @@ def test_a_firing_never_revives_a_removed_or_replaced_schedule(
 
 
 def test_beat_settings_come_from_the_environment_with_a_known_takeover_bound() -> None:
-    from worker.config import Settings, celery_config
-
     config = celery_config(Settings.from_env({"REDIS_URL": "redis://h:6379/3"}))
     assert config["beat_scheduler"] == "worker.schedule:RecorderScheduler"
     assert (config["redbeat_redis_url"], config["redbeat_key_prefix"]) == (

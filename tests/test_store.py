@@ -6,11 +6,10 @@ import threading
 import pytest
 import redis
 
-from tasks.connections import own_client
+from tasks.store.connections import own_client
 from tasks.job import Status
-from tasks.ratelimit import RedisRateLimiter
-from tasks.store import Claim, JobStore
-from tests.conftest import unacked_message
+from tasks.store.ratelimit import RedisRateLimiter
+from tasks.store.jobs import REDISPATCH_MS, Claim, JobStore
 
 
 class Clock:
@@ -213,25 +212,26 @@ def test_cancelled_jobs_are_never_dispatched(store: JobStore, clock: Clock) -> N
     assert store.pop_due() == []
 
 
-def test_create_runs_the_message_commands_only_when_it_creates_the_job(
-    store: JobStore, rdb: redis.Redis
+def test_a_new_queued_job_waits_in_the_due_set_until_its_publish_is_confirmed(
+    store: JobStore, clock: Clock, rdb: redis.Redis
 ) -> None:
-    message = [("lpush", "t:queue", "message-1"), ("publish", "t:events", "sent-1")]
-    job, created = store.create(
-        room_id="r", request={}, idempotency_key="k", job_id="job-1", publish=message
-    )
-    assert created and job.id == "job-1"
-    assert rdb.lrange("t:queue", 0, -1) == [b"message-1"]
-    again, created = store.create(
-        room_id="r",
-        request={},
-        idempotency_key="k",
-        job_id="job-2",
-        publish=[("lpush", "t:queue", "message-2")],
-    )
-    assert not created and again.id == "job-1"
-    assert rdb.lrange("t:queue", 0, -1) == [b"message-1"]  # the live job's only message
-    assert rdb.exists("t:job:job-2") == 0
+    job, created = store.create(room_id="r", request={}, idempotency_key="k", job_id="job-1")
+    assert created and rdb.zscore("t:due", "job-1") == clock.now * 1000 + REDISPATCH_MS
+    assert store.pop_due() == []  # a producer is publishing it
+    assert store.claim("job-1", token="h:1:2:a", lease_s=5).kind == "claimed"  # not "not due"
+    again, created = store.create(room_id="r", request={}, idempotency_key="k", job_id="job-2")
+    assert not created and again.id == "job-1" and rdb.exists("t:job:job-2") == 0
+    assert rdb.zrange("t:due", 0, -1) == [b"job-1"]
+    store.published(job)
+    assert rdb.zcard("t:due") == 0
+
+
+def test_a_job_whose_publish_was_never_confirmed_goes_to_a_dispatcher(
+    store: JobStore, clock: Clock
+) -> None:
+    job_id = new(store)  # and its producer died before publishing
+    clock.now += REDISPATCH_MS / 1000 + 0.001
+    assert [item[0] for item in store.pop_due()] == [job_id]
 
 
 def test_sweep_finds_a_claimed_job_whose_holder_died(
@@ -331,29 +331,6 @@ def test_metrics_travel_with_an_update_even_when_it_is_refused(
     )
     assert not refused.applied
     assert rdb.hget("t:metrics", "calls:200") == b"2"
-
-
-def test_an_update_with_an_ack_tag_acks_that_message_only(
-    store: JobStore, rdb: redis.Redis
-) -> None:
-    job_id = new(store)
-    for tag in ("mine", "other"):
-        unacked_message(rdb, tag)
-    assert store.update(job_id, {"status": "succeeded"}, ack_tag="mine").applied
-    assert rdb.hkeys("unacked") == [b"other"] and rdb.zrange("unacked_index", 0, -1) == [b"other"]
-    store.update(job_id, {"status": "failed"})  # no tag: no ack
-    assert rdb.hkeys("unacked") == [b"other"]
-
-
-def test_a_refused_update_still_acks_its_message(store: JobStore, rdb: redis.Redis) -> None:
-    # the delivery ends either way (a refused last write means another delivery owns the job)
-    job_id = new(store)
-    unacked_message(rdb, "mine")
-    refused = store.update(
-        job_id, {"status": "succeeded"}, lease_token="not-the-holder", ack_tag="mine"
-    )
-    assert not refused.applied and refused.reason == "lease_lost"
-    assert rdb.hlen("unacked") == 0 and rdb.zcard("unacked_index") == 0
 
 
 def test_each_thread_keeps_one_connection_for_the_job_scripts_and_returns_it_at_its_end(

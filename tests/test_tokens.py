@@ -3,7 +3,7 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from tasks.tokens import REMINT_MARGIN_S, TOKEN_TTL_S, TokenMinter
+from tasks.videosdk.tokens import REMINT_MARGIN_S, TOKEN_TTL_S, TokenMinter
 
 LONG = "0123456789abcdef0123456789abcdef-test"
 

@@ -1,28 +1,15 @@
-"""The Celery app: created here, configured from ``worker.config``, nothing else."""
+"""The Celery app: created here and pointed at its configuration, nothing else.
+
+The configuration (``worker.config``) is read from the environment the first time Celery needs
+it, and the worker's parts are named by import path (``module:Class``), as Celery allows: so
+``import worker`` creates no Redis connection and runs none of our code, and the public API
+(``tasks``), which publishes through this app, can be imported before or after it.
+"""
 
 from __future__ import annotations
 
 from celery import Celery
-from kombu import pools
-
-from worker.config import celery_config, settings
 
 app = Celery("videosdk-recorder")
-app.config_from_object(celery_config(settings()))
-
-from worker.steps import Dispatcher, EventBatching  # noqa: E402  (needs `app`: imports tasks)
-
-app.steps["worker"].add(Dispatcher)
-app.steps["consumer"].add(EventBatching)
-
-
-def reconfigure() -> None:
-    """Re-read the settings into the app and drop its broker connections.
-
-    Production processes read the environment once; this is for tests (and the demo) that
-    change it within one process.
-    """
-    app.conf.update(celery_config(settings()))
-    pools.reset()  # kombu's pools are global, keyed by connection: close and forget them all
-    app._pool = None
-    app.amqp._producer_pool = None
+app.config_from_object("worker.config:CELERY_SETTINGS")
+app.steps["worker"].add("worker.bootsteps:DueJobDispatcher")

@@ -2,10 +2,10 @@
 
 ``celery -A worker beat`` runs :class:`RecorderScheduler` (``beat_scheduler`` in the config).
 
-**Firing.** For our entries (``tasks.schedule_store.FIRE_TASK``) the scheduler calls
+**Firing.** For our entries (``tasks.schedules.store.FIRE_TASK``) the scheduler calls
 ``enqueue_recording`` itself, with ``idempotency_key = schedule:{name}:{fire time}`` where the
 fire time is the entry's *scheduled* time, and records the firing only afterwards
-(:func:`tasks.schedules.fire_due`). Celery's ``Scheduler.apply_async`` does it the other way
+(:func:`tasks.schedules.firing.fire_due`). Celery's ``Scheduler.apply_async`` does it the other way
 round: it advances the entry first and then sends, so a crash or a Redis error between the two
 loses that firing. Enqueue-then-record is at-least-once, and the idempotency key makes the
 repeats (a crash in between, two beats during a lock hand-over, a restart) the same job. An
@@ -26,7 +26,7 @@ lock (its tick took longer than the lock timeout) stops with an error rather tha
 another; the idempotency keys make even that overlap harmless.
 
 **One-off jobs.** Every beat, active or standby, also runs the same
-:class:`tasks.dispatcher.Dispatcher` as the workers, so ``run_at`` jobs and deferred retries are
+:class:`tasks.delivery.dispatcher.Dispatcher` as the workers, so ``run_at`` jobs and deferred retries are
 published even when no worker is up; dispatchers racing is safe (``POP_DUE_LUA`` hands each due
 job to one of them, and one sweep lock serves them all).
 """
@@ -40,12 +40,15 @@ from typing import Any
 from celery.beat import ScheduleEntry
 from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry
 
-from tasks import runtime, schedules
-from tasks.cron import FireTimes
-from tasks.dispatcher import Dispatcher
+from tasks import runtime
+from tasks.delivery.dispatcher import Dispatcher
+from tasks.delivery.producer import Producer
 from tasks.job import Job
-from tasks.producer import enqueue_recording
-from tasks.schedule_store import FIRE_TASK, fire_times, recorder_spec
+from tasks.schedules import api as schedules_api
+from tasks.schedules.cron import FireTimes
+from tasks.schedules.firing import fire_due
+from tasks.schedules.store import FIRE_TASK, fire_times, recorder_spec
+from worker.publish import publish_job
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ class RecorderScheduler(RedBeatScheduler):
     def setup_schedule(self) -> None:
         # only the real scheduler gets here; celery also builds a ``lazy`` one for its banner
         super().setup_schedule()
-        self._dispatcher = runtime.new_dispatcher()
+        self._dispatcher = runtime.new_dispatcher(publish_job)
         self._dispatcher.start()
 
     def install_default_entries(self, data: Any) -> None:
@@ -91,15 +94,15 @@ class RecorderScheduler(RedBeatScheduler):
 
     def fire(self, entry: ScheduleEntry, spec: dict[str, Any]) -> Job | None:
         now = datetime.now(UTC)
-        return schedules.fire_due(
-            schedules.store(),
+        return fire_due(
+            schedules_api.store(),
             name=entry.name,
             kwargs=entry.kwargs,
             spec=spec,
             times=entry.schedule,
             last_run_at=entry.last_run_at,
             now=now,
-            enqueue=enqueue_recording,
+            enqueue=Producer(store=runtime.store(), publish=publish_job).enqueue,
         )
 
     def close(self) -> None:

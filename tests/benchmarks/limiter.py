@@ -169,7 +169,7 @@ def run_one(
     """
     from tasks import enqueue_recording, runtime
     from worker.app import app
-    from worker.config import QUEUE
+    from tasks.settings import DEFAULT_QUEUE as QUEUE
 
     rate = UNLIMITED_PER_S if limit_per_s is None else limit_per_s
     db.flushdb()
@@ -260,7 +260,7 @@ def judge(rows: list[Row]) -> None:
 
 def acquire_cost_us(db: redis.Redis, prefix: str, calls: int) -> dict[str, float]:
     """Microseconds per ``acquire`` (each one reserving) and per PING, called in a row."""
-    from tasks.ratelimit import RedisRateLimiter
+    from tasks.store.ratelimit import RedisRateLimiter
 
     limiter = RedisRateLimiter(client=db, rate_per_s=1e9, burst=1, prefix=f"{prefix}:cost")
     for _ in range(200):  # load the script, warm the connection
@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.redis_url} is not empty ({sample}...): pick another db or --force")
         return 2
     db.flushdb()
-    from tasks.sandbox import SandboxServer
-    from worker.config import Settings
+    from tasks.sandbox.server import SandboxServer
+    from tasks.settings import Settings
 
     env = {
         "REDIS_URL": args.redis_url,

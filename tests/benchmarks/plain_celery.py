@@ -43,7 +43,7 @@ _token: tuple[str, float] | None = None
 
 
 def token() -> str:
-    """A VideoSDK token with the claims ``tasks.tokens`` mints, cached per process."""
+    """A VideoSDK token with the claims ``tasks.videosdk.tokens`` mints, cached per process."""
     global _token
     with _token_lock:
         now = time.time()

@@ -337,7 +337,7 @@ def section_limiter(ctx: Context) -> dict[str, Any]:
 
 def _own_limiter(ctx: Context, seconds: float, threads: int = 16) -> dict[str, Any]:
     """A simple version: threads take slots from the real limiter; slot times are judged."""
-    from tasks.ratelimit import RedisRateLimiter
+    from tasks.store.ratelimit import RedisRateLimiter
 
     rows = []
     for limit in (5.0, 50.0, 500.0):

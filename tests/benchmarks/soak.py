@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import redis
 
 from tasks import runtime
-from tasks.sandbox import SandboxServer
+from tasks.sandbox.server import SandboxServer
 from tests.conftest import API_KEY, SECRET, WorkerProcess, base_env
 from tests.integration.soak import SOAK_ENV, run_soak
 

@@ -10,7 +10,7 @@ import os
 import signal
 from typing import Any
 
-from tasks.client import ApiClient
+from tasks.videosdk.client import ApiClient
 from worker import app
 
 _real_start = ApiClient.start_recording

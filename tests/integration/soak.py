@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import tasks
 from tasks.job import Status
-from tasks.sandbox import SandboxServer
+from tasks.sandbox.server import SandboxServer
 from tests.conftest import WorkerProcess, finished, wait_for
 
 #: worker settings of the soak: short timeouts so a killed worker's jobs come back quickly

@@ -16,7 +16,7 @@ import redis
 import tasks
 from tasks import runtime
 from tasks.job import Job, Status
-from tasks.sandbox import SandboxServer
+from tasks.sandbox.server import SandboxServer
 from tests.conftest import ROOT, WorkerProcess, wait_for
 from tests.integration.conftest import BEAT_LOCK_TIMEOUT_S, BEAT_MAX_INTERVAL_S, BeatProcess
 

@@ -18,9 +18,9 @@ import pytest
 import tasks
 from tasks import runtime
 from tasks.job import Status
-from tasks.producer import publish
-from tasks.sandbox import SandboxServer
-from tests.conftest import RedisServer, WorkerProcess, finished, wait_for
+from worker.publish import publish_job as publish
+from tasks.sandbox.server import SandboxServer
+from tests.conftest import RedisServer, reset_process, WorkerProcess, finished, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -131,7 +131,7 @@ def test_producer_gets_a_clear_error_and_nothing_half_stored_when_redis_is_down(
     recorder_env: dict[str, str], private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REDIS_URL", private_redis.url)
-    runtime.reset()
+    reset_process()
     private_redis.stop()
     started = time.monotonic()
     with pytest.raises(tasks.BrokerUnavailable):
@@ -149,7 +149,7 @@ def test_a_redis_restart_loses_no_job_and_starts_none_twice(
 ) -> None:
     # Given 2 jobs in flight and 20 queued on a Redis with AOF on
     monkeypatch.setenv("REDIS_URL", private_redis.url)
-    runtime.reset()
+    reset_process()
     sandbox.faults.latency_s = 1.0
     start_worker("-c", "2", REDIS_URL=private_redis.url, **FAULT_ENV)
     ids = [tasks.enqueue_recording(f"room-{i}").id for i in range(22)]

@@ -12,8 +12,8 @@ import pytest
 import tasks
 from tasks.job import Status
 from tasks.logs import JWT
-from tasks.sandbox import SandboxServer
-from tasks.tokens import TokenMinter
+from tasks.sandbox.server import SandboxServer
+from tasks.videosdk.tokens import TokenMinter
 from tests.conftest import API_KEY, SECRET, WorkerProcess, finished, wait_for
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ def test_json_log_of_a_run_with_failures_parses_and_leaks_nothing(
     assert any(r["level"] == "DEBUG" for r in records)
 
     # and the runner's state changes and calls carry their fields
-    runner = [r for r in records if r["logger"] == "tasks.runner"]
+    runner = [r for r in records if r["logger"] == "tasks.delivery.runner"]
     changes = [r for r in runner if "status" in r]
     assert changes and all(r["job_id"] in ids and r["room_id"] for r in changes)
     assert {r["status"] for r in changes} >= {"retrying", "succeeded", "failed"}

@@ -14,7 +14,7 @@ import redis
 
 import tasks
 from tasks.job import Status
-from tasks.sandbox import SandboxServer
+from tasks.sandbox.server import SandboxServer
 from tests.conftest import ROOT, SECRET, WorkerProcess, finished, wait_for
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import redis
 import tasks
 from tasks import runtime
 from tasks.job import Job, Status
-from tasks.sandbox import SandboxServer
+from tasks.sandbox.server import SandboxServer
 from tests.conftest import WorkerProcess, finished, max_in_any_window, wait_for
 
 pytestmark = pytest.mark.integration

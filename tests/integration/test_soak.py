@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tasks.sandbox import SandboxServer
+from tasks.sandbox.server import SandboxServer
 from tests.conftest import WorkerProcess
 from tests.integration.soak import SOAK_ENV, run_soak
 

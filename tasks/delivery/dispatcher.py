@@ -3,7 +3,7 @@
 Every worker (and beat) runs one in a background thread, so retries and ``run_at`` jobs need no
 extra process:
 - every ``interval_s`` it publishes due jobs (scheduled ones, and deferred waits);
-  ``POP_DUE_LUA`` (tasks.store_scripts) hands each to exactly one dispatcher, and a job whose
+  ``POP_DUE_LUA`` (tasks.store.scripts) hands each to exactly one dispatcher, and a job whose
   publish is not confirmed is handed out again 30 s later rather than lost;
 - every ``sweep_interval_s`` one of them (a Redis lock) sweeps for stranded jobs: claimed by a
   delivery whose lease expired (its worker died) or ``queued`` for longer than kombu's
@@ -18,9 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from tasks.store import JobStore
+from tasks.store.jobs import JobStore
 
 logger = logging.getLogger(__name__)
+
+#: publishes one delivery of a job: ``publish(job_id, room_id)`` (``worker.publish.publish_job``)
+Publish = Callable[[str, str], None]
 
 #: how often a dispatcher looks for due jobs; a due job waits at most this long (plus the queue).
 INTERVAL_S = 0.5
@@ -36,7 +39,7 @@ class Dispatcher:
         self,
         *,
         store: JobStore,
-        publish: Callable[[str, str], None],
+        publish: Publish,
         interval_s: float = INTERVAL_S,
         batch: int = BATCH,
         sweep_interval_s: float = 10.0,

@@ -1,8 +1,8 @@
-"""Recurring schedules: the public API, validation, and what one firing does.
+"""Recurring schedules: validation, and what one firing does.
 
 A schedule names a room, the recording options of ``enqueue_recording``, and either a cron
-expression evaluated in an IANA time zone (:class:`tasks.cron.ZonedCron`) or a fixed interval
-``every_s``. Schedules are stored by :class:`tasks.schedule_store.ScheduleStore` as
+expression evaluated in an IANA time zone (:class:`tasks.schedules.cron.ZonedCron`) or a fixed interval
+``every_s``. Schedules are stored by :class:`tasks.schedules.store.ScheduleStore` as
 celery-redbeat entries, so they change at run time without restarting beat; beat
 (``worker.schedule``) fires each due one with :func:`fire_due`, which makes it an ordinary job.
 """
@@ -13,29 +13,14 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import redis
-
-from tasks.errors import BrokerUnavailable, ValidationError
+from tasks.errors import ValidationError
 from tasks.job import Job, utc_iso
 from tasks.request import RecordingRequest
-from tasks.schedule_store import Schedule, ScheduleStore
+from tasks.schedules.cron import FireTimes, parse_cron, parse_every, zone
+from tasks.schedules.store import Schedule, ScheduleStore
 
-if TYPE_CHECKING:
-    from tasks.cron import FireTimes
-
-__all__ = [
-    "Schedule",
-    "add_schedule",
-    "fire_due",
-    "fire_key",
-    "get_schedule",
-    "list_schedules",
-    "remove_schedule",
-    "store",
-    "validated",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +51,6 @@ def validated(
     options: Mapping[str, Any],
 ) -> Schedule:
     """A checked :class:`Schedule` (``next_run_at`` not yet known); raises ValidationError."""
-    from tasks.cron import parse_cron, parse_every, zone
-
     if not isinstance(name, str) or not NAME.match(name):
         raise ValidationError(
             "name", "must be 1-100 letters, digits or . _ : @ -, starting with a letter or digit"
@@ -147,58 +130,3 @@ def fire_due(
             extra={"job_id": job.id, "room_id": job.room_id, "schedule": name},
         )
     return job
-
-
-# -- the public API -------------------------------------------------------------------------------
-
-
-def store() -> ScheduleStore:
-    """The process's schedule store, under the app's ``redbeat_key_prefix``."""
-    from tasks import runtime
-    from worker.app import app
-
-    return ScheduleStore(client=runtime.redis_conn(), key_prefix=app.conf.redbeat_key_prefix)
-
-
-def add_schedule(
-    name: str,
-    room_id: str,
-    *,
-    cron: str | None = None,
-    every_s: float | None = None,
-    timezone: str = "UTC",
-    enabled: bool = True,
-    **recording_options: Any,
-) -> Schedule:
-    """Store a recurring schedule (replacing one of that name) and return it.
-
-    Exactly one of ``cron`` (five fields, evaluated in ``timezone``) and ``every_s``. Raises
-    ValidationError naming the bad field (nothing stored), BrokerUnavailable when Redis fails.
-    """
-    schedule = validated(
-        name,
-        room_id,
-        cron=cron,
-        every_s=every_s,
-        timezone=timezone,
-        enabled=enabled,
-        options=recording_options,
-    )
-    try:
-        return store().put(schedule)
-    except redis.RedisError as exc:
-        raise BrokerUnavailable(f"Redis did not take the schedule: {exc}") from exc
-
-
-def remove_schedule(name: str) -> bool:
-    """Remove the schedule; False if there was none of that name."""
-    return store().delete(name)
-
-
-def get_schedule(name: str) -> Schedule | None:
-    return store().get(name)
-
-
-def list_schedules() -> list[Schedule]:
-    """Every schedule, by name."""
-    return store().all()

@@ -16,10 +16,8 @@ An entry is ours when its task is :data:`FIRE_TASK`. Its ``kwargs`` are what eve
 to ``enqueue_recording`` (``room_id`` and the recording options); ``options["recorder"]`` holds
 the schedule (``cron`` and ``timezone``, or ``every_s``) and a ``revision`` that changes whenever
 the entry is replaced. redbeat can store a crontab but not its zone, so the zone lives there and
-the :class:`~tasks.cron.ZonedCron` is rebuilt from it. ``meta.last_run_at`` is the last fire
+the :class:`~tasks.schedules.cron.ZonedCron` is rebuilt from it. ``meta.last_run_at`` is the last fire
 time (exactly the scheduled time, never the clock at firing), or when the entry was stored.
-
-Celery and redbeat are imported when first used, so ``import tasks`` stays cheap.
 """
 
 from __future__ import annotations
@@ -30,14 +28,13 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
+from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 
 from tasks.job import utc_iso
-
-if TYPE_CHECKING:
-    from tasks.cron import FireTimes
+from tasks.schedules.cron import Every, FireTimes, ZonedCron
 
 #: the task name of our entries; never sent: beat's scheduler enqueues the job itself.
 FIRE_TASK = "recorder.fire_schedule"
@@ -79,8 +76,6 @@ class Schedule:
 
 def fire_times(spec: Mapping[str, Any]) -> FireTimes:
     """The schedule object of an entry's ``options["recorder"]``."""
-    from tasks.cron import Every, ZonedCron
-
     if spec.get("cron") is not None:
         return ZonedCron(spec["cron"], spec.get("timezone") or "UTC")
     return Every(spec["every_s"])
@@ -168,8 +163,6 @@ class ScheduleStore:
         return bool(applied)
 
     def _load(self, keys: list[str]) -> list[Schedule]:
-        from redbeat.decoder import RedBeatJSONDecoder
-
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(key, "definition", "meta")
@@ -211,6 +204,4 @@ class ScheduleStore:
 
 
 def _encode(value: object) -> str:
-    from redbeat.decoder import RedBeatJSONEncoder
-
     return json.dumps(value, cls=RedBeatJSONEncoder, separators=(",", ":"))

@@ -12,9 +12,10 @@ import re
 import sys
 from typing import Any
 
-from tasks import cli_format as fmt
-from tasks.cli_format import BadUsage, add_recording_options, recording_options
-from tasks.schedules import Schedule, add_schedule, list_schedules, remove_schedule
+from tasks.cli import format as fmt
+from tasks.cli.format import BadUsage, add_recording_options, recording_options
+from tasks.schedules.api import add_schedule, list_schedules, remove_schedule
+from tasks.schedules.store import Schedule
 
 HELP = "recurring recordings: add, list or remove schedules (run by `celery -A worker beat`)"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)

@@ -37,11 +37,16 @@ from typing import IO, Any
 
 import redis
 
-from tasks import cli_format as fmt
+from tasks import runtime
+from tasks.api import enqueue_recording, get_job
+from tasks.cli import format as fmt
 from tasks.errors import ConfigurationError
 from tasks.job import Job, Status
-from tasks.sandbox import Faults, SandboxServer
-from worker.config import DEFAULT_REDIS_URL, parse_rate
+from tasks.sandbox.server import Faults, SandboxServer
+from tasks.settings import DEFAULT_REDIS_URL, parse_rate
+from worker.app import app
+from worker.config import reconfigure
+from worker.publish import BROKER_ERRORS, delete_queue
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "demo-key"
@@ -149,8 +154,6 @@ def _preload_scripts(url: str) -> None:
     fallback (SCRIPT LOAD, EVALSHA again) fails with "Connection closed by server"; a worker
     would then ack a delivery it never ran, leaving its job ``queued``.
     """
-    import tasks.runtime  # noqa: F401  (imports every module that holds scripts)
-
     client = redis.Redis.from_url(url)
     try:
         for module in list(sys.modules.values()):
@@ -247,11 +250,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 @contextlib.contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
     """Set ``values`` in os.environ for the duration, rebuilding the runtime (and Celery app)."""
-    from tasks import runtime
-
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     runtime.reset()
+    reconfigure(app)
     try:
         yield
     finally:
@@ -261,6 +263,7 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
             else:
                 os.environ[name] = value
         runtime.reset()
+        reconfigure(app)
 
 
 # -- the batch -----------------------------------------------------------------------------------
@@ -289,8 +292,6 @@ def wait_until_finished(
     ids: list[str], *, timeout_s: float, worker: subprocess.Popen[Any], log: IO[bytes]
 ) -> list[Job]:
     """Poll the jobs until all are finished or ``timeout_s`` passes; draw a progress bar."""
-    from tasks.producer import get_job
-
     tty = sys.stderr.isatty()
     start = time.monotonic()
     shown = ""
@@ -413,8 +414,6 @@ def _run(args: argparse.Namespace, run_id: str, stack: contextlib.ExitStack) -> 
     worker, log = start_worker(stack, env, concurrency=args.concurrency, run_id=run_id)
     say(f"worker    pid {worker.pid}, {args.concurrency} threads, rate limit {args.rate_limit}")
 
-    from tasks.producer import enqueue_recording
-
     started = time.monotonic()
     batch = plan(args.jobs)
     ids = [enqueue_recording(room, **options).id for room, options in batch]
@@ -445,12 +444,11 @@ def _delete_keys(url: str, prefix: str) -> None:
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
     try:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        # the demo's queue is named after the prefix too: its list and kombu's bindings of it
-        keys += [prefix.encode(), f"_kombu.binding.{prefix}".encode()]
-        keys += [f"_kombu.binding_permanent.{prefix}".encode()]
         if keys:
             client.delete(*keys)
-    except redis.RedisError as exc:
+        # the demo's queue is named after the prefix too: kombu deletes it and its bindings
+        delete_queue(prefix, broker_url=url)
+    except (redis.RedisError, *BROKER_ERRORS) as exc:
         say(f"could not delete the demo's keys ({prefix}:*): {exc}")
     finally:
         client.close()

@@ -83,7 +83,7 @@ def merge(into: dict[str, int], more: Mapping[str, int]) -> dict[str, int]:
 
 def record(client: redis.Redis, metrics_key: str, increments: Mapping[str, int]) -> None:
     """Apply increments in one pipelined round trip (for tools and tests: the runner sends its
-    increments along with its next job-store write, :meth:`tasks.store.JobStore.update`)."""
+    increments along with its next job-store write, :meth:`tasks.store.jobs.JobStore.update`)."""
     if not increments:
         return
     pipe = client.pipeline(transaction=False)

@@ -1,19 +1,21 @@
 """The job store's Lua scripts: each change of a job is one atomic script, one round trip.
 
-Module constants with their KEYS and ARGV in a comment above each; :mod:`tasks.store` registers
+Module constants with their KEYS and ARGV in a comment above each; :mod:`tasks.store.jobs` registers
 and calls them, and its docstring holds the key schema they share.
 """
 
 from __future__ import annotations
 
-from tasks.ratelimit import GCRA_LUA
+from tasks.store.ratelimit import GCRA_LUA
 
 # KEYS[1] job, KEYS[2] idem (a placeholder when none), KEYS[3] jobs, KEYS[4] room,
 # KEYS[5] status index, KEYS[6] due
 # ARGV[1] id, ARGV[2] record, ARGV[3] ttl_s, ARGV[4] created ms, ARGV[5] "1" if idempotent,
-# ARGV[6] due ms or "", ARGV[7] prefix, ARGV[8..] command, key, value triples run only when the
-# job is created: its Celery message (LPUSH to the queue, PUBLISH of the task-sent event), so the
-# record and its message are written together or not at all (see tasks.outbox)
+# ARGV[6] due ms, ARGV[7] prefix
+# The job enters the due set with the record: a scheduled job at its time (the record's ``_due``),
+# a queued one as "being published" (no ``_due``; the producer confirms with DISPATCHED_LUA once
+# its message is on the queue, and a producer that died first leaves it for a dispatcher to
+# publish when ARGV[6] comes). So no job is stored without a way onto the queue.
 # Returns the id of the job now stored for that key: ARGV[1], or the existing one.
 CREATE_LUA = """
 if ARGV[5] == '1' then
@@ -31,30 +33,22 @@ for i = 3, 5 do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', cutoff)
 end
 redis.call('EXPIRE', KEYS[4], ARGV[3])
-if ARGV[6] ~= '' then redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1]) end
-for i = 8, #ARGV, 3 do redis.call(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1])
 return ARGV[1]
 """
 
-# KEYS[1] job, KEYS[2] lease, KEYS[3] kombu's unacked hash, KEYS[4] kombu's unacked index
+# KEYS[1] job, KEYS[2] lease
 # ARGV[1] prefix, ARGV[2] id, ARGV[3] allowed current statuses as " a b " ("" = any),
 # ARGV[4] patch (JSON object merged into the record), ARGV[5] lease token that must hold the
 # lease ("" = no check), ARGV[6] "1" to count an attempt, ARGV[7] due: "" keep, "-" remove,
 # else ms to wait in the due set until, ARGV[8] lease: "" keep, "release", else ms to renew,
-# ARGV[9] index cutoff ms (creation times before it are expired), ARGV[10] delivery tag of the
-# broker message to acknowledge ("" = none), ARGV[11] metrics hash ("" = none) and ARGV[12..]
-# its field, increment pairs: the counters of the calls this change reports.
-# The counters and the ack happen whether or not the change applies: the calls were made either
-# way, and a delivery's last write ends it either way (a delivery that returns acks its message;
-# this is that ack, made in the same step as the outcome, the way kombu's QoS.ack makes it).
+# ARGV[9] index cutoff ms (creation times before it are expired), ARGV[10] metrics hash ("" =
+# none) and ARGV[11..] its field, increment pairs: the counters of the calls this change
+# reports. The counters are added whether or not the change applies: the calls were made.
 # Returns {1, record} when applied, else {0, reason, record or nil}.
 UPDATE_LUA = """
 if ARGV[10] ~= '' then
-  redis.call('ZREM', KEYS[4], ARGV[10])
-  redis.call('HDEL', KEYS[3], ARGV[10])
-end
-if ARGV[11] ~= '' then
-  for i = 12, #ARGV, 2 do redis.call('HINCRBY', ARGV[11], ARGV[i], ARGV[i + 1]) end
+  for i = 11, #ARGV, 2 do redis.call('HINCRBY', ARGV[10], ARGV[i], ARGV[i + 1]) end
 end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {0, 'missing'} end
@@ -100,7 +94,7 @@ return {1, out}
 # finished, not_due, leased or missing. A claim that finds ``_holder`` still set knows the last
 # delivery died without finishing (a killed worker): it counts it in ``lost_deliveries``.
 # Beginning an attempt is the same write-ahead as the runner's own (status running, in_flight,
-# attempts + 1) after taking a rate slot (tasks.ratelimit.GCRA_LUA), done here to save two round
+# attempts + 1) after taking a rate slot (tasks.store.ratelimit.GCRA_LUA), done here to save two round
 # trips; it is skipped when the delivery will not call (attempts or lost deliveries used up: the
 # runner fails the job instead) and when no slot is free at once (the runner waits for one).
 CLAIM_LUA = (

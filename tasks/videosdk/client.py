@@ -29,8 +29,8 @@ from tasks.errors import (
     ServerFailed,
     TokenRejected,
 )
-from tasks.retry import parse_retry_after
-from tasks.tokens import TokenMinter
+from tasks.videosdk.retry import parse_retry_after
+from tasks.videosdk.tokens import TokenMinter
 
 START_PATH = "/v2/recordings/start"
 #: response bodies longer than this are cut before they are stored in a job record.

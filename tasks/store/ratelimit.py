@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from tasks.connections import own_client
+from tasks.store.connections import own_client
 
 #: a 429 without Retry-After multiplies the effective rate by this...
 DECREASE_FACTOR = 0.5
@@ -36,7 +36,7 @@ MIN_FACTOR = 0.05
 RECOVERY_PER_S = 0.05
 
 # One GCRA step as a Lua function, shared by ACQUIRE_LUA and the job store's claim script
-# (which takes a slot in the same round trip as the claim, see tasks.store_scripts.CLAIM_LUA).
+# (which takes a slot in the same round trip as the claim, see tasks.store.scripts.CLAIM_LUA).
 # keys[1] tat, keys[2] cooldown, keys[3] aimd
 # args[1] emission interval at the full rate (us), args[2] burst, args[3] most wait to reserve
 # (us), args[4] recovery per second, args[5] "1" to reserve, "0" to only look

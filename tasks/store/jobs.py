@@ -22,7 +22,7 @@ Records carry bookkeeping fields the API never shows: ``_ts`` (creation ms, the 
 ``_holder`` (the lease token of the delivery working on it; left set by a delivery that died),
 ``_swept`` (ms the sweeper last found it stranded) and ``_base`` (attempts before a replay).
 
-Every change goes through :data:`UPDATE_LUA` (in :mod:`tasks.store_scripts`), which checks
+Every change goes through :data:`UPDATE_LUA` (in :mod:`tasks.store.scripts`), which checks
 the current status against the statuses the change may start from; that is how a late
 ``running`` never overwrites ``succeeded``. Redis Cluster is not supported (Celery cannot use
 it as a broker either), so the scripts may build the keys of the job they read.
@@ -38,11 +38,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from kombu.transport import redis as kombu_redis
 
-from tasks.connections import own_client
+from tasks.store.connections import own_client
 from tasks.job import Job, Status, utc_iso
-from tasks.store_scripts import (
+from tasks.store.scripts import (
     CLAIM_LUA,
     CREATE_LUA,
     DISPATCHED_LUA,
@@ -51,11 +50,9 @@ from tasks.store_scripts import (
     UPDATE_LUA,
 )
 
-#: a dispatched job not confirmed as published within this long is dispatched again.
+#: a job whose message is not confirmed as published within this long is published again by a
+#: dispatcher (a producer or dispatcher that died between storing and publishing).
 REDISPATCH_MS = 30_000
-#: where kombu's Redis transport keeps the messages delivered and not yet acked (our broker
-#: configuration keeps its defaults): a delivery's last write acks its message there.
-UNACKED_KEYS = (kombu_redis.Channel.unacked_key, kombu_redis.Channel.unacked_index_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,21 +112,20 @@ class JobStore:
         run_at_s: float | None = None,
         schedule: str | None = None,
         job_id: str | None = None,
-        publish: Sequence[tuple[str, str, str]] = (),
     ) -> tuple[Job, bool]:
         """Store a new ``queued`` (or, with ``run_at_s``, ``scheduled``) job.
 
         Returns ``(job, True)``, or ``(existing_job, False)`` when the idempotency key already
-        names a live job; the check and the write are one atomic step. ``publish`` holds Redis
-        commands (name, key, value) run in that same step only when the job is created: its
-        message (:func:`tasks.outbox.message_commands`, built for ``job_id``).
+        names a live job; the check and the write are one atomic step. A new queued job waits in
+        the due set as "being published" until :meth:`published` confirms its message; if that
+        never comes, a dispatcher publishes it after :data:`REDISPATCH_MS`.
         """
         now = self.clock()
         now_iso = utc_iso(now)
         job_id = job_id or uuid.uuid4().hex
         status = Status.SCHEDULED if run_at_s is not None else Status.QUEUED
         created_ms = int(now * 1000)
-        due_ms = "" if run_at_s is None else str(int(run_at_s * 1000))
+        due_ms = str(created_ms + REDISPATCH_MS if run_at_s is None else int(run_at_s * 1000))
         record: dict[str, Any] = {
             "id": job_id,
             "room_id": room_id,
@@ -166,7 +162,6 @@ class JobStore:
                 "1" if idempotency_key else "0",
                 due_ms,
                 self.prefix,
-                *(part for command in publish for part in command),
             ],
         ).decode()
         if stored_id != job_id:
@@ -174,6 +169,10 @@ class JobStore:
             if existing is not None:
                 return existing, False
         return Job.from_dict(record), True
+
+    def published(self, job: Job) -> None:
+        """Confirm that a job :meth:`create` stored as queued has its message on the queue."""
+        self.dispatched([(job.id, job.room_id, int(job.extra["_ts"]) + REDISPATCH_MS)])
 
     def update(
         self,
@@ -188,15 +187,13 @@ class JobStore:
         release_lease: bool = False,
         renew_lease_s: float | None = None,
         metrics: Mapping[str, int] | None = None,
-        ack_tag: str = "",
     ) -> Update:
         """Apply ``patch`` atomically if the job's status is in ``allowed_from`` (any if None).
 
         ``updated_at`` is set, and ``finished_at`` when the new status is terminal. With
         ``lease_token`` the change applies only while that token holds the job's lease.
-        ``metrics`` are increments of the shared metrics hash, and ``ack_tag`` the delivery tag
-        of a broker message to acknowledge (see :data:`UNACKED_KEYS`): both are done in the same
-        round trip, whether or not the change applies.
+        ``metrics`` are increments of the shared metrics hash, added in the same round trip
+        whether or not the change applies.
         """
         now = self.clock()
         patch = {**patch, "updated_at": utc_iso(now), "_touched": int(now * 1000)}
@@ -211,7 +208,7 @@ class JobStore:
             lease = str(int(renew_lease_s * 1000))
         result = self._update(
             client=own_client(self.client),
-            keys=[self.key("job", job_id), self.key("lease", job_id), *UNACKED_KEYS],
+            keys=[self.key("job", job_id), self.key("lease", job_id)],
             args=[
                 self.prefix,
                 job_id,
@@ -222,7 +219,6 @@ class JobStore:
                 due,
                 lease,
                 int((now - self.ttl_s) * 1000),
-                ack_tag,
                 self.key("metrics") if metrics else "",
                 *(x for pair in (metrics or {}).items() for x in pair),
             ],

@@ -8,8 +8,8 @@ A delivery:
    leaves a record saying the outcome is unknown;
 4. calls the API once per attempt, under a tenacity loop whose ``sleep`` hands any wait longer
    than ``inline_wait_max_s`` back (the job waits in the store's due set, not in a worker slot);
-5. records ``succeeded``, ``failed`` or ``retrying``; the write that ends the delivery also
-   acknowledges its broker message, when given its delivery tag (one round trip, not two).
+5. records ``succeeded``, ``failed`` or ``retrying``, and returns what it did
+   (:class:`Delivered`); the caller (the Celery task) acks the message afterwards.
 
 An "already recording" refusal means success when an earlier attempt of this job may have
 started the recording (a timeout, a 5xx, a worker lost mid-call), and failure otherwise.
@@ -39,14 +39,14 @@ from tenacity import (
     wait_exponential,
 )
 
-from tasks import metrics
-from tasks.client import ApiClient, ApiResponse
+from tasks.store import metrics
+from tasks.videosdk.client import ApiClient, ApiResponse
 from tasks.errors import AlreadyRecording, ApiError, Deferred, TokenRejected
 from tasks.job import Job, Status, utc_iso
-from tasks.ratelimit import Admission, RedisRateLimiter
-from tasks.retry import backoff_s, is_retryable
-from tasks.store import Claim, JobStore
-from tasks.tokens import TokenMinter
+from tasks.store.ratelimit import Admission, RedisRateLimiter
+from tasks.videosdk.retry import backoff_s, is_retryable
+from tasks.store.jobs import Claim, JobStore
+from tasks.videosdk.tokens import TokenMinter
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,6 @@ MAX_INLINE_LIMITER_WAITS = 20
 #: a thread that wakes later than half an emission interval (and at least this) after its
 #: reserved slot asks for a new one instead of calling late.
 LATE_WAKE_MIN_S = 0.005
-#: what :meth:`Runner.run` returns after a last write that carried the delivery's ``ack_tag``:
-#: the broker message is acknowledged already (see ``worker.transport``).
-ACKED_BY_LAST_WRITE = frozenset({"succeeded", "failed", "deferred"})
 
 
 #: store writes that end a step (retrying, deferred, finished) are retried through a Redis
@@ -102,6 +99,17 @@ def _already_applied(job: Job | None, patch: dict[str, Any]) -> bool:
     return job is not None and "status" in patch and job.status.value == patch["status"]
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What one delivery did: ``word`` (succeeded, failed, deferred, skipped:<why>) and the job.
+
+    ``job`` is the record as the delivery left it (None when there is no record).
+    """
+
+    word: str
+    job: Job | None
+
+
 class LeaseLost(Exception):
     """Raised when the job was cancelled or taken over while this delivery held it."""
 
@@ -111,8 +119,6 @@ class _Delivery:
     job: Job
     token: str
     maybe_started: bool
-    #: the delivery tag of the broker message, acked by the write that ends the delivery
-    ack_tag: str = ""
     reminted: bool = False
     #: the claim already began the first attempt (so its write-ahead cost no round trip)
     pre_begun: bool = False
@@ -157,12 +163,8 @@ class Runner:
         self.rng = rng or random.Random()
         self._host = socket.gethostname()
 
-    def run(self, job_id: str, *, ack_tag: str = "") -> str:
-        """Run one delivery; returns a word for logs: succeeded, failed, deferred, or skipped:…
-
-        With ``ack_tag`` (the delivery tag of the job's message) the last write acks the
-        message too when the word is in :data:`ACKED_BY_LAST_WRITE`; else the caller acks it.
-        """
+    def run(self, job_id: str) -> Delivered:
+        """Run one delivery of the job; never raises for an API outcome (see :class:`Delivered`)."""
         token = f"{self._host}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
         # When a rate slot is free right now, the claim takes it and begins the first attempt
         # too: one round trip instead of three. A slot that needs a wait is waited for after
@@ -176,30 +178,36 @@ class Runner:
             claim = self._claim(job_id, token, take_over_from=claim.holder)
         if claim.kind == "leased":
             # Another delivery holds the job (or held it and died): look again when its lease ends.
-            self.store.update(
-                job_id,
-                {},
-                allowed_from=NOT_FINISHED,
-                due_at_s=self.store.clock() + claim.lease_ttl_s + 0.25,
-            )
+            claim = self._look_again_after(claim)
         if claim.kind != "claimed" or claim.job is None:
             logger.info("job %s skipped: %s", job_id, claim.kind, extra={"job_id": job_id})
-            return f"skipped:{claim.kind}"
+            return Delivered(f"skipped:{claim.kind}", claim.job)
         job = claim.job
         # in_flight still set means a delivery died during a call whose outcome nobody saw (a
         # claim that began the attempt has already folded that into maybe_started).
         maybe_started = job.maybe_started or (job.in_flight and not claim.began)
-        state = _Delivery(job, token, maybe_started, ack_tag=ack_tag, pre_begun=claim.began)
+        state = _Delivery(job, token, maybe_started, pre_begun=claim.began)
         if claim.began:
             self._log_state(state)
         try:
-            return self._deliver(state)
+            return Delivered(self._deliver(state), state.job)
         except Deferred as exc:
             logger.info("job %s deferred %.2fs: %s", job_id, exc.wait_s, exc.reason)
-            return "deferred"
+            return Delivered("deferred", state.job)
         except LeaseLost as exc:
             logger.warning("job %s: left alone mid-delivery (%s)", job_id, exc)
-            return "skipped:lease_lost"
+            return Delivered("skipped:lease_lost", self.store.get(job_id))
+
+    def _look_again_after(self, claim: Claim) -> Claim:
+        """Park a job another delivery holds until that lease ends; the claim as it stands."""
+        assert claim.job is not None
+        update = self.store.update(
+            claim.job.id,
+            {},
+            allowed_from=NOT_FINISHED,
+            due_at_s=self.store.clock() + claim.lease_ttl_s + 0.25,
+        )
+        return Claim(claim.kind, update.job or claim.job, claim.lease_ttl_s, claim.holder)
 
     def _claim(self, job_id: str, token: str, take_over_from: str = "") -> Claim:
         return self.store.claim(
@@ -410,7 +418,6 @@ class Runner:
             allowed_from=STARTABLE,
             due_at_s=self.store.clock() + wait_s,
             release_lease=True,
-            ack_tag=state.ack_tag,
         )
 
     def _finish_succeeded(self, state: _Delivery, http_status: int | None, body: Any) -> str:
@@ -453,14 +460,13 @@ class Runner:
         return self._finish(state, patch)
 
     def _finish(self, state: _Delivery, patch: dict[str, Any]) -> str:
-        """The last write of a delivery that finished the job (and acks its message)."""
+        """The last write of a delivery that finished the job."""
         self._apply(
             state,
             patch,
             allowed_from=STARTABLE,
             release_lease=True,
             clear_due=True,
-            ack_tag=state.ack_tag,
         )
         return str(patch["status"])
 

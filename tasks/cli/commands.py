@@ -23,11 +23,13 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from kombu.exceptions import OperationalError
 
-from tasks import cli_format as fmt
-from tasks import cli_schedule, metrics, runtime
-from tasks.cli_format import (
+from tasks import runtime
+from tasks.api import cancel_job, enqueue_recording, get_job, list_jobs, retry_job
+from tasks.cli import format as fmt
+from tasks.cli import schedule
+from tasks.cli.demo import run as demo
+from tasks.cli.format import (
     BadUsage,
     Parser,
     add_recording_options,
@@ -42,7 +44,10 @@ from tasks.errors import (
     ValidationError,
 )
 from tasks.job import CANCELLABLE, Job, Status
-from tasks.producer import cancel_job, enqueue_recording, get_job, list_jobs, retry_job
+from tasks.sandbox import server as sandbox
+from tasks.store import metrics
+from worker.app import app
+from worker.publish import BROKER_ERRORS, queue_depth
 
 PROG = "recorder"
 #: how often ``enqueue --wait`` looks at the job.
@@ -53,8 +58,6 @@ HEALTH_PING_TIMEOUT_S = 1.0
 #: ``retry --failed`` replays at most this many jobs (the producer's list limit).
 RETRY_BATCH_MAX = 1000
 #: kombu's Redis transport keeps a queue's messages in one list per priority step.
-_PRIORITY_SEPARATOR = "\x06\x16"
-_PRIORITY_STEPS = (3, 6, 9)
 
 
 class CommandFailed(Exception):
@@ -240,17 +243,6 @@ def limits() -> dict[str, Any]:
     }
 
 
-def queue_depth() -> int:
-    """Messages waiting on the Celery queue (every priority step of it)."""
-    queue = runtime.config().queue
-
-    names = [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
-    pipe = runtime.redis_conn().pipeline(transaction=False)
-    for name in names:
-        pipe.llen(name)
-    return sum(int(n) for n in pipe.execute())
-
-
 def stats() -> dict[str, Any]:
     store = runtime.store()
     jobs = store.counts()
@@ -259,7 +251,7 @@ def stats() -> dict[str, Any]:
         "jobs": jobs,
         "success_rate": round(jobs["succeeded"] / finished, 4) if finished else None,
         "due": store.due_count(),
-        "queue_depth": queue_depth(),
+        "queue_depth": queue_depth(runtime.config().queue),
         "rate_limit": limits(),
         "api": metrics.snapshot(runtime.redis_conn(), runtime.config().key_prefix),
     }
@@ -271,7 +263,7 @@ def prometheus() -> str:
     return metrics.prometheus_text(
         metrics.snapshot(runtime.redis_conn(), runtime.config().key_prefix),
         jobs=store.counts(),
-        queue_depth=queue_depth(),
+        queue_depth=queue_depth(runtime.config().queue),
         due=store.due_count(),
     )
 
@@ -315,10 +307,14 @@ def _health(args: argparse.Namespace) -> int:
         runtime.redis_conn().ping()
     except redis.RedisError as exc:
         raise CommandFailed(f"redis does not answer at {url}: {exc}") from None
-    from worker.app import app
-
     destination = [f"celery@{socket.gethostname()}"] if args.this_host else None
-    replies = app.control.ping(destination=destination, timeout=HEALTH_PING_TIMEOUT_S) or []
+    with app.connection_for_write() as connection:
+        replies = (
+            app.control.ping(
+                destination=destination, timeout=HEALTH_PING_TIMEOUT_S, connection=connection
+            )
+            or []
+        )
     if not replies:
         who = f"worker {destination[0]}" if destination else "worker"
         raise CommandFailed(
@@ -332,14 +328,10 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _sandbox(argv: list[str]) -> int:
-    from tasks import sandbox
-
     return sandbox.main(argv)
 
 
 def _demo(argv: list[str]) -> int:
-    from tasks import demo
-
     return demo.main(argv)
 
 
@@ -358,7 +350,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("stats", "jobs per status, due jobs, queue depth, rate limit", _configure_stats),
     Command("limits", "the shared rate limiter's state", _configure_limits),
     Command("health", "exit 0 when Redis answers and a worker replies", _configure_health),
-    Command("schedule", cli_schedule.HELP, cli_schedule.configure),
+    Command("schedule", schedule.HELP, schedule.configure),
     Command("metrics", "Prometheus text: API calls, latency, waits, jobs", _configure_metrics),
 )
 
@@ -387,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 2)
     except (CommandFailed, JobNotFound, ConfigurationError, BrokerUnavailable) as exc:
         return _fail(str(exc), 1)
-    except (redis.RedisError, OperationalError, ConnectionError, TimeoutError) as exc:
+    except (*BROKER_ERRORS, ConnectionError, TimeoutError) as exc:
         return _fail(f"Redis is unreachable ({type(exc).__name__}): {exc}", 1)
 
 

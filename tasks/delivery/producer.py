@@ -1,0 +1,142 @@
+"""Producer: validate a job, store it, publish its message; cancel and replay jobs.
+
+Works with any ``publish(job_id, room_id)`` (the public API passes Celery's, ``worker.publish``;
+beat passes the same), so it is tested without Celery and imports none of it.
+
+A new job due now is stored, published, then confirmed (:meth:`JobStore.published`). A producer
+that dies between the store and the confirmation leaves the job in the due set, where a
+dispatcher publishes it within ``REDISPATCH_MS``; a second message is harmless (the claim
+skips a job that another delivery holds or has finished).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from tasks.delivery.dispatcher import Publish
+from tasks.errors import BrokerUnavailable, JobNotFound, ValidationError
+from tasks.job import CANCELLABLE, Job, Status
+from tasks.request import RecordingRequest
+from tasks.store.jobs import JobStore
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_KEY_MAX_CHARS = 200
+
+
+class Producer:
+    """Enqueues, cancels and replays jobs in ``store``, publishing with ``publish``."""
+
+    def __init__(self, *, store: JobStore, publish: Publish) -> None:
+        self.store = store
+        self.publish = publish
+
+    def enqueue(
+        self,
+        room_id: str,
+        *,
+        idempotency_key: str | None = None,
+        run_at: datetime | None = None,
+        schedule: str | None = None,
+        **options: Any,
+    ) -> Job:
+        """Store a job (see ``tasks.enqueue_recording``) and publish it if it is due now.
+
+        Raises ValidationError (nothing stored) or BrokerUnavailable (Redis did not take it).
+        """
+        request = RecordingRequest.build(room_id, **options)
+        _check_key(idempotency_key)
+        run_at_s = _check_run_at(run_at, now_s=self.store.clock(), ttl_s=self.store.ttl_s)
+        try:
+            job, created = self.store.create(
+                room_id=room_id,
+                request=request.to_body(),
+                idempotency_key=idempotency_key,
+                run_at_s=run_at_s,
+                schedule=schedule,
+                job_id=uuid.uuid4().hex,
+            )
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"Redis did not take the job: {exc}") from exc
+        if created and job.status is Status.QUEUED:
+            self._publish_new(job)
+        logger.info(
+            "job %s %s room=%s",
+            job.id,
+            job.status.value if created else "exists",
+            room_id,
+            extra={"job_id": job.id, "room_id": room_id, "status": job.status.value},
+        )
+        return job
+
+    def _publish_new(self, job: Job) -> None:
+        """Publish a new job's message; if that fails, a dispatcher publishes it later."""
+        try:
+            self.publish(job.id, job.room_id)
+            self.store.published(job)
+        except (BrokerUnavailable, redis.RedisError, OSError) as exc:
+            # stored with its due entry: it is not lost, only later (REDISPATCH_MS)
+            logger.warning(
+                "job %s stored, its message not yet published (a dispatcher will): %s",
+                job.id,
+                exc,
+                extra={"job_id": job.id, "room_id": job.room_id},
+            )
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job that has not started (see ``tasks.cancel_job``); raises JobNotFound."""
+        result = self.store.update(
+            job_id, {"status": Status.CANCELLED.value}, allowed_from=CANCELLABLE, clear_due=True
+        )
+        if result.job is None:
+            raise JobNotFound(job_id)
+        return result.job
+
+    def retry(self, job_id: str) -> Job:
+        """Put a failed job back on the queue (see ``tasks.retry_job``); raises JobNotFound."""
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        if job.status is not Status.FAILED:
+            return job
+        result = self.store.update(
+            job_id,
+            {
+                "status": Status.QUEUED.value,
+                "finished_at": None,
+                "error": None,
+                "next_attempt_at": None,
+                "_base": job.attempts,
+            },
+            allowed_from={Status.FAILED},
+        )
+        if not result.applied or result.job is None:
+            return result.job or job
+        self.publish(job_id, job.room_id)
+        return result.job
+
+
+def _check_key(key: str | None) -> None:
+    if key is None:
+        return
+    if not isinstance(key, str) or not key.strip() or len(key) > IDEMPOTENCY_KEY_MAX_CHARS:
+        raise ValidationError(
+            "idempotency_key", f"must be a non-empty string of at most {IDEMPOTENCY_KEY_MAX_CHARS}"
+        )
+
+
+def _check_run_at(run_at: datetime | None, *, now_s: float, ttl_s: int) -> float | None:
+    """``run_at`` as epoch seconds, or None when it is absent or not in the future."""
+    if run_at is None:
+        return None
+    if not isinstance(run_at, datetime) or run_at.tzinfo is None:
+        raise ValidationError("run_at", "must be a timezone-aware datetime")
+    when = run_at.timestamp()
+    if when - now_s > ttl_s:
+        raise ValidationError("run_at", f"must be within RECORDER_JOB_TTL ({ttl_s}s) from now")
+    return when if when > now_s else None

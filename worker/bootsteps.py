@@ -1,0 +1,31 @@
+"""Worker bootsteps: the due-job dispatcher that runs beside every worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import bootsteps
+
+from tasks import runtime
+from tasks.delivery.dispatcher import Dispatcher
+from worker.publish import publish_job
+
+
+class DueJobDispatcher(bootsteps.StartStopStep):
+    """Runs a :class:`tasks.delivery.dispatcher.Dispatcher` thread for the life of the worker."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.dispatcher: Dispatcher | None = None
+
+    def start(self, parent: Any) -> None:
+        self.dispatcher = runtime.new_dispatcher(publish_job)
+        self.dispatcher.start()
+
+    def stop(self, parent: Any) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+
+    shutdown = stop

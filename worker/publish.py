@@ -1,0 +1,61 @@
+"""A job's Celery message: its one shape, publishing it, and the queue it waits in.
+
+Messages are built and sent by Celery itself (``app.send_task``) on a producer from kombu's
+public pools, which are keyed by broker URL (so a process that reconfigures publishes to the new
+one). The task id is the job id, so Flower's task page and our job record name the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from kombu.exceptions import ChannelError, OperationalError
+from kombu.pools import producers
+
+from tasks.errors import BrokerUnavailable
+from worker.app import app
+
+#: the task's name (fixed by the contract): producers publish by name, never importing the task
+TASK_NAME = "tasks.start_recording"
+#: how long a publish may wait for a pooled producer before it counts as a broker failure
+ACQUIRE_TIMEOUT_S = 10.0
+BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
+
+
+def send_task_options(job_id: str, room_id: str) -> dict[str, Any]:
+    """``app.send_task`` arguments of a job's message: the one place its shape is written.
+
+    ``room_id`` rides along only so Flower shows it; the worker reads the job from Redis.
+    """
+    return {
+        "name": TASK_NAME,
+        "args": [job_id],
+        "kwargs": {"room_id": room_id},
+        "task_id": job_id,
+    }
+
+
+def publish_job(job_id: str, room_id: str) -> None:
+    """Put one delivery of the job on the queue; raises BrokerUnavailable when Redis fails."""
+    try:
+        pool = producers[app.connection_for_write()]
+        with pool.acquire(block=True, timeout=ACQUIRE_TIMEOUT_S) as producer:
+            app.send_task(**send_task_options(job_id, room_id), producer=producer)
+    except BROKER_ERRORS as exc:
+        raise BrokerUnavailable(f"the job's message was not published: {exc}") from exc
+
+
+def queue_depth(queue: str) -> int:
+    """Messages waiting on ``queue`` (kombu's passive declare; 0 when it does not exist)."""
+    with app.connection_for_read() as connection:
+        try:
+            return int(connection.default_channel.queue_declare(queue=queue, passive=True)[1])
+        except ChannelError:  # kombu's Redis transport: no list yet means an empty queue
+            return 0
+
+
+def delete_queue(queue: str, *, broker_url: str | None = None) -> None:
+    """Delete ``queue`` and its bindings (the demo's own queue, after it ran)."""
+    with app.connection_for_write(broker_url) as connection:
+        connection.default_channel.queue_delete(queue=queue)

@@ -1,0 +1,65 @@
+"""Signal handlers of worker and beat processes: log format, start-up checks, the workaround.
+
+Imported by Celery's loader in worker and beat processes only (the ``imports`` setting), never
+by producers, so importing ``tasks`` runs none of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
+
+from tasks import logs, runtime
+from tasks.errors import ConfigurationError
+from worker import upstream
+
+#: Celery's own per-task lines ("Task ... received", "Task ... succeeded in ...") say less than
+#: the runner's state lines (job, room, status, attempt, HTTP status, latency) and cost a formatted
+#: line each per job: below debug level the worker leaves them out (warnings and errors stay).
+CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def install_log_format(logger: logging.Logger, **_: Any) -> None:
+    """Give the worker's and beat's log handlers our formatter: JSON or text, always redacted.
+
+    ``RECORDER_LOG_FORMAT=json`` gives one JSON object per line. Bad settings are reported by
+    the credential check (worker) or at start-up (beat); logging falls back to text meanwhile.
+    """
+    try:
+        s = runtime.config()
+    except ConfigurationError:
+        logs.install(logger, json_lines=False)
+        return
+    logs.install(logger, json_lines=s.log_format == "json", secrets=[s.secret])
+
+
+@worker_init.connect
+def quiet_celery_task_lines(sender: Any = None, **_: Any) -> None:
+    """Runs before the worker builds its task strategies and tracers, which read the level once."""
+    loglevel = getattr(sender, "loglevel", logging.INFO)
+    if isinstance(loglevel, str):
+        loglevel = logging.getLevelName(loglevel.upper())
+    if loglevel > logging.DEBUG:
+        for name in CELERY_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@worker_init.connect
+def check_credentials(**_: Any) -> None:
+    """Stop the worker at start-up, with one line, when the API key or secret is missing."""
+    try:
+        runtime.config().require_credentials()
+    except ConfigurationError as exc:
+        print(f"recorder worker: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+@worker_init.connect
+def apply_upstream_workarounds(**_: Any) -> None:
+    """Before any channel exists: see :mod:`worker.upstream`."""
+    upstream.apply()
