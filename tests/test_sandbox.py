@@ -316,7 +316,7 @@ def test_connection_is_kept_alive_between_requests(sandbox):
 
 def test_main_prints_listening_line_serves_and_exits_0_on_sigterm():
     code = (
-        "from tasks.sandbox.server import main; raise SystemExit(main(["
+        "from tasks.sandbox import main; raise SystemExit(main(["
         f"'--port', '0', '--api-key', {API_KEY!r}, '--secret', {SECRET!r}, '--latency-ms', '1']))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEOSDK_")}

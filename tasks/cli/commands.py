@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from tasks import runtime
+from tasks import runtime, sandbox
 from tasks.api import cancel_job, enqueue_recording, get_job, list_jobs, retry_job
 from tasks.cli import format as fmt
 from tasks.cli import schedule
@@ -44,7 +44,6 @@ from tasks.errors import (
     ValidationError,
 )
 from tasks.job import CANCELLABLE, Job, Status
-from tasks.sandbox import server as sandbox
 from tasks.store import metrics
 from worker.app import app
 from worker.publish import BROKER_ERRORS, queue_depth

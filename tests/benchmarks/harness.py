@@ -139,12 +139,12 @@ class Processes:
 
 
 class Sandbox:
-    """The sandbox API in its own process (``tasks.sandbox.server.main``) and its control endpoints."""
+    """The sandbox API in its own process (``tasks.sandbox.main``) and its control endpoints."""
 
     def __init__(self, procs: Processes) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        code = "import sys; from tasks.sandbox.server import main; sys.exit(main(sys.argv[1:]))"
+        code = "import sys; from tasks.sandbox import main; sys.exit(main(sys.argv[1:]))"
         cmd = [sys.executable, "-c", code, "--port", str(self.port)]
         cmd += ["--api-key", API_KEY, "--secret", SECRET]
         self.started = procs.spawn("sandbox", cmd, {})

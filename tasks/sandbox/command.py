@@ -1,0 +1,76 @@
+"""The ``recorder sandbox`` command: serve a ``SandboxServer`` until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+
+from tasks.errors import ConfigurationError
+from tasks.sandbox.faults import Faults
+from tasks.sandbox.server import SandboxServer
+from tasks.settings import parse_rate
+
+DEMO_API_KEY = "sandbox-key"
+DEMO_SECRET = "sandbox-secret-not-for-production-use"
+DESCRIPTION = "A local VideoSDK-compatible recordings API for demos, tests and benchmarks."
+
+
+def _rate(text: str) -> float:
+    """``--rate-limit``: N/s, N/m or N/h (a bare N is per second) as calls per second."""
+    count, _, unit = text.strip().lower().partition("/")
+    try:
+        return parse_rate(f"{count}/{unit.strip() or 's'}")
+    except ConfigurationError:
+        raise argparse.ArgumentTypeError(f"expected N/s, N/m or N/h, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``recorder sandbox`` command: serve until SIGINT or SIGTERM, then return 0."""
+    secret, secret_file = os.environ.get("VIDEOSDK_SECRET"), os.environ.get("VIDEOSDK_SECRET_FILE")
+    if not secret and secret_file:
+        with open(secret_file, encoding="utf-8") as fh:
+            secret = fh.read().strip()
+    parser = argparse.ArgumentParser(prog="recorder sandbox", description=DESCRIPTION)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--api-key", default=os.environ.get("VIDEOSDK_API_KEY") or DEMO_API_KEY)
+    parser.add_argument("--secret", default=secret or DEMO_SECRET, help="HS256 signing secret")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--jitter-ms", type=float, default=0.0)
+    parser.add_argument("--error-rate", type=float, default=0.0, help="fraction answered 5xx")
+    parser.add_argument("--rate-limit", type=_rate, default=None, help="e.g. 20/s; excess: 429")
+    parser.add_argument("--too-many-rate", type=float, default=0.0, help="fraction answered 429")
+    parser.add_argument("--retry-after", type=float, default=1.0, help="s; negative: no header")
+    parser.add_argument("--timeout-rate", type=float, default=0.0, help="fraction answered late")
+    parser.add_argument("--hang-s", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    faults = Faults(
+        latency_s=args.latency_ms / 1000,
+        latency_jitter_s=args.jitter_ms / 1000,
+        error_rate=args.error_rate,
+        rate_limit_per_s=args.rate_limit,
+        too_many_rate=args.too_many_rate,
+        retry_after_s=None if args.retry_after < 0 else args.retry_after,
+        timeout_rate=args.timeout_rate,
+        hang_s=args.hang_s,
+    )
+    server = SandboxServer(
+        args.host,
+        args.port,
+        api_key=args.api_key,
+        secret=args.secret,
+        faults=faults,
+        seed=args.seed,
+    )
+
+    def on_signal(signum: int, frame: object) -> None:
+        server.interrupt()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"sandbox listening on {server.url}", flush=True)
+    server.serve_forever()
+    server.stop()
+    return 0
