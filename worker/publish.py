@@ -3,6 +3,9 @@
 Messages are built and sent by Celery itself (``app.send_task``) on a producer from kombu's
 public pools, which are keyed by broker URL (so a process that reconfigures publishes to the new
 one). The task id is the job id, so Flower's task page and our job record name the same thing.
+
+It imports nothing of ``tasks`` (whose public API imports it), so either can be imported first;
+a failed publish is a ``ConnectionError``, which the producer and the dispatcher handle.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import redis
 from kombu.exceptions import ChannelError, OperationalError
 from kombu.pools import producers
 
-from tasks.errors import BrokerUnavailable
 from worker.app import app
 
 #: the task's name (fixed by the contract): producers publish by name, never importing the task
@@ -37,13 +39,13 @@ def send_task_options(job_id: str, room_id: str) -> dict[str, Any]:
 
 
 def publish_job(job_id: str, room_id: str) -> None:
-    """Put one delivery of the job on the queue; raises BrokerUnavailable when Redis fails."""
+    """Put one delivery of the job on the queue; raises ConnectionError when Redis fails."""
     try:
         pool = producers[app.connection_for_write()]
         with pool.acquire(block=True, timeout=ACQUIRE_TIMEOUT_S) as producer:
             app.send_task(**send_task_options(job_id, room_id), producer=producer)
     except BROKER_ERRORS as exc:
-        raise BrokerUnavailable(f"the job's message was not published: {exc}") from exc
+        raise ConnectionError(f"the job's message was not published: {exc}") from exc
 
 
 def queue_depth(queue: str) -> int:

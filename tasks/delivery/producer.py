@@ -79,7 +79,7 @@ class Producer:
         try:
             self.publish(job.id, job.room_id)
             self.store.published(job)
-        except (BrokerUnavailable, redis.RedisError, OSError) as exc:
+        except (redis.RedisError, OSError) as exc:  # OSError: ConnectionError of a publish
             # stored with its due entry: it is not lost, only later (REDISPATCH_MS)
             logger.warning(
                 "job %s stored, its message not yet published (a dispatcher will): %s",

@@ -1,0 +1,38 @@
+"""Everything the project keeps in Redis: jobs, the due set, the rate limiter, metrics.
+
+The key schema of the whole prefix, in one place. ``{p}`` is ``RECORDER_KEY_PREFIX``
+(``recorder``); the job records and their indexes expire with ``RECORDER_JOB_TTL``.
+
+==============================  ======  =========================================================
+key                             type    holds (written by)
+==============================  ======  =========================================================
+``{p}:job:{id}``                string  the job record, JSON (``jobs``); expires ``ttl_s`` after
+                                        its creation
+``{p}:idem:{key}``              string  the job id of an idempotency key; expires with the job
+``{p}:jobs``                    zset    every job id by creation ms
+``{p}:room:{room_id}``          zset    the room's job ids by creation ms; expires with the newest
+``{p}:status:{status}``         zset    job ids in that status, by creation ms
+``{p}:due``                     zset    ids waiting for a time, by due ms: scheduled jobs,
+                                        deferred retries, and new jobs until their message is
+                                        confirmed published (``due``)
+``{p}:lease:{id}``              string  the token of the delivery working on the job; short PX
+``{p}:held``                    zset    ids of jobs a delivery has claimed, by claim ms
+``{p}:lock:sweep``              string  one dispatcher sweeps at a time; PX of a sweep interval
+``{p}:metrics``                 hash    API calls, latency buckets and waits of every worker
+                                        (``metrics``); no TTL: counters, like Prometheus's
+``{p}:rl:tat``                  string  the GCRA theoretical arrival time, µs (``ratelimit``)
+``{p}:rl:cooldown``             string  until when nobody may call after a Retry-After, µs
+``{p}:rl:aimd``                 hash    ``factor`` and ``ts`` of the last rate decrease
+``{p}:redbeat:*``               (many)  celery-redbeat's keys (``redbeat_key_prefix``): schedule
+                                        entries, their zset, the beat lock. redbeat's scheduler
+                                        reads them; ``tasks.schedules.store`` writes the entries
+                                        in redbeat's own format (its docstring lists them)
+==============================  ======  =========================================================
+
+Outside the prefix, kombu keeps the broker's state under its own names (the queue list named
+``RECORDER_QUEUE``, ``unacked``, ``unacked_index``, ``_kombu.binding.*``): only kombu writes
+them; we read the queue's depth through kombu (``worker.publish.queue_depth``).
+
+The rate-limit keys carry TTLs, so a quiet system holds none of them. The job keys are changed
+only by the atomic Lua scripts of :mod:`tasks.store.scripts`.
+"""

@@ -19,6 +19,7 @@ import yaml
 
 import tasks
 from tasks.logs import JWT
+from tasks.sandbox.server import SandboxServer
 from tests.conftest import (
     ROOT,
     SECRET,
@@ -194,3 +195,33 @@ def test_flower_never_shows_the_redis_password(
         assert password not in worker.log()
     finally:
         flower.stop()
+
+
+def test_flower_shows_a_failed_job_as_failure_and_a_waiting_one_as_retry(
+    flower: FlowerProcess, start_worker: StartWorker, sandbox: SandboxServer
+) -> None:
+    # Given a worker, Flower listening, a room the API does not know and one it throttles
+    start_worker()
+    wait_until_flower_listens(flower)
+    sandbox.script(
+        {"status": 404, "body": {"message": "room not found"}},
+        {"status": 429, "headers": {"Retry-After": "60"}},
+    )
+    missing = tasks.enqueue_recording("room-missing")
+    wait_for(lambda: tasks.get_job(missing.id).finished, timeout_s=20)  # type: ignore[union-attr]
+    waiting = tasks.enqueue_recording("room-throttled")
+
+    def in_state(job_id: str, state: str) -> dict[str, Any] | None:
+        info = task_info(flower, job_id)
+        return info if info and info["state"] == state else None
+
+    # Then the failed job is FAILURE, with the job's error type and message as the exception
+    failed = wait_for(lambda: in_state(missing.id, "FAILURE"), timeout_s=20, interval_s=0.2)
+    assert failed["exception"].startswith("RoomNotFound(") and "404" in failed["exception"]
+    assert tasks.get_job(missing.id).status.value == "failed"  # type: ignore[union-attr]
+    # and the job handed back to wait in Redis is RETRY, never SUCCESS
+    wait_for(lambda: in_state(waiting.id, "RETRY"), timeout_s=20, interval_s=0.2)
+    assert tasks.get_job(waiting.id).status.value == "retrying"  # type: ignore[union-attr]
+    # and neither message is redelivered by Celery: one API call each
+    rooms = [c["room_id"] for c in sandbox.calls() if c["room_id"] != "room-probe"]
+    assert sorted(rooms) == ["room-missing", "room-throttled"]
