@@ -8,7 +8,8 @@ as they always did) followed by the structured fields the message does not alrea
 
 Redaction is a safety net, not the policy (the code never logs a token or the secret): whatever
 a record holds, the line written never contains anything shaped like a JWT, the configured
-secret(s), or the password of a ``scheme://user:password@host`` URL.
+secret(s), or the credentials of a ``scheme://user:password@host`` URL. The last is
+:func:`redact_url_credentials`, which the ``recorder`` command's messages go through too.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ from typing import Any
 JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 REDACTED_JWT = "[redacted-jwt]"
 REDACTED_SECRET = "[redacted-secret]"
-#: ``redis://:pw@host`` or ``https://user:pw@host``: the whole userinfo goes.
-_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/@]*:[^\s/@]*@")
+#: ``redis://:pw@host``, ``https://user:pw@host`` or ``https://token@host``: the whole userinfo.
+_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/@]+@")
 
 #: the fields the runner's state-change and call lines carry, in the order text mode shows them.
 FIELDS = ("job_id", "room_id", "status", "attempt", "http_status", "latency_ms", "outcome")
 #: attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def redact_url_credentials(text: str) -> str:
+    """``text`` with the userinfo of any ``scheme://userinfo@host`` in it replaced by ``***``."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text) if "://" in text else text
 
 
 class Redactor:
@@ -45,9 +51,7 @@ class Redactor:
                 text = text.replace(secret, REDACTED_SECRET)
         if "eyJ" in text:
             text = JWT.sub(REDACTED_JWT, text)
-        if "://" in text:
-            text = _URL_CREDENTIALS.sub(r"\1***@", text)
-        return text
+        return redact_url_credentials(text)
 
     def value(self, value: Any) -> Any:
         """``value`` with every string in it (nested too) redacted; other scalars as they are."""

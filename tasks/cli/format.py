@@ -2,6 +2,8 @@
 
 Reading: the parser class (bad usage is an exception, so ``main`` decides the exit status), the
 recording options shared by every command that creates jobs, JSON options and ISO 8601 times.
+The two answers a command gives as exceptions are here too: :class:`BadUsage` (exit status 2) and
+:class:`CommandFailed` (exit status 1).
 Writing: pure functions from values to strings, testable without Redis. Nothing here prints, and
 nothing here may show a secret (URLs go through :func:`redact`).
 """
@@ -10,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NoReturn
 
 from tasks.job import Job
+from tasks.logs import redact_url_credentials
 
-#: ``scheme://user:password@host`` -> ``scheme://***@host``
-_CREDENTIALS_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^@/\s]+@", re.IGNORECASE)
 _MISSING = "-"
 
 
@@ -27,6 +27,10 @@ _MISSING = "-"
 
 class BadUsage(Exception):
     """Raised when the command line is wrong (exit status 2)."""
+
+
+class CommandFailed(Exception):
+    """Raised when the command ran but the answer is no: not cancellable, job failed (exit 1)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -91,7 +95,7 @@ def seconds(text: str) -> float:
 
 def redact(text: str) -> str:
     """``text`` with the credentials of any URL in it replaced by ``***``."""
-    return _CREDENTIALS_IN_URL.sub(r"\1***@", text)
+    return redact_url_credentials(text)
 
 
 def to_json(value: Any) -> str:
