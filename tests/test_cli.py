@@ -15,11 +15,13 @@ import pytest
 import redis
 
 from tasks import runtime
-from tasks.cli import commands as cli
-from tests.conftest import reset_process
-from tasks.cli import format as cli_format
-from tasks.job import Job, Status
 from tasks.api import enqueue_recording, get_job
+from tasks.cli import commands as cli
+from tasks.cli import format as cli_format
+from tasks.cli import jobs as cli_jobs
+from tasks.cli import ops as cli_ops
+from tasks.job import Job, Status
+from tests.conftest import reset_process
 
 #: a database of its own, so other test modules (and their workers) never see these jobs
 CLI_TEST_DB = int(os.environ.get("RECORDER_CLI_TEST_DB", "13"))
@@ -196,7 +198,7 @@ def test_enqueue_wait_shows_progress_and_exits_0_when_the_job_succeeds(
         _finish_later(job.id, patches)
         return job
 
-    monkeypatch.setattr(cli, "enqueue_recording", enqueue_and_work)
+    monkeypatch.setattr(cli_jobs, "enqueue_recording", enqueue_and_work)
     # When we enqueue with --wait
     code, out, err = run(capsys, "enqueue", "room-1", "--wait", "--timeout", "10", "--json")
     # Then each status change is one line on stderr, and the final job is printed
@@ -227,7 +229,7 @@ def test_enqueue_wait_exits_1_when_the_job_fails(
         _finish_later(job.id, [failed])
         return job
 
-    monkeypatch.setattr(cli, "enqueue_recording", enqueue_and_fail)
+    monkeypatch.setattr(cli_jobs, "enqueue_recording", enqueue_and_fail)
     code, out, err = run(capsys, "enqueue", "missing-1", "--wait", "--timeout", "10")
     assert code == 1
     assert "status:          failed" in out
@@ -419,7 +421,7 @@ def test_limits_shows_the_rate_limiter_without_taking_a_slot(
 def test_health_without_a_worker_exits_1_with_one_line(
     rdb: redis.Redis, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "HEALTH_PING_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(cli_ops, "HEALTH_PING_TIMEOUT_S", 0.2)
     code, out, err = run(capsys, "health")
     assert code == 1 and out == ""
     assert one_line(err) == "recorder: redis answers, but no worker replied within 0.2s"

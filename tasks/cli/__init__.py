@@ -1,4 +1,8 @@
-"""The ``recorder`` command line (``tasks.cli.commands``): jobs, schedules, operations, sandbox, demo."""
+"""The ``recorder`` command line: ``main`` from ``tasks.cli.commands``.
+
+Its subcommands: jobs (``jobs``), schedules (``schedule``), operations (``ops``), the sandbox and
+the demo (``demo``).
+"""
 
 from __future__ import annotations
 
