@@ -30,53 +30,28 @@ it as a broker either), so the scripts may build the keys of the job they read.
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from tasks.store.connections import own_client
-from tasks.job import Job, Status, utc_iso
-from tasks.store.scripts import (
-    CLAIM_LUA,
-    CREATE_LUA,
-    DISPATCHED_LUA,
-    POP_DUE_LUA,
-    SWEEP_LUA,
-    UPDATE_LUA,
-)
+from tasks.job import Job, Status
+from tasks.store.claims import Claim, Claims
+from tasks.store.due import REDISPATCH_MS, DueSet
+from tasks.store.keyspace import Keyspace
+from tasks.store.reads import Reads
+from tasks.store.writes import Update, Writes
 
-#: a job whose message is not confirmed as published within this long is published again by a
-#: dispatcher (a producer or dispatcher that died between storing and publishing).
-REDISPATCH_MS = 30_000
+__all__ = ["REDISPATCH_MS", "Claim", "JobStore", "Update"]
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """The outcome of taking a job for one delivery."""
+class JobStore(Keyspace):
+    """Job records in Redis (see the module docstring for the key schema).
 
-    kind: str  # claimed | finished | not_due | leased | missing
-    job: Job | None
-    lease_ttl_s: float = 0.0
-    holder: str = ""
-    began: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Update:
-    """The outcome of a change: ``applied``, else ``reason`` (missing, status, lease_lost)."""
-
-    applied: bool
-    job: Job | None
-    reason: str = ""
-
-
-class JobStore:
-    """Job records in Redis (see the module docstring for the key schema)."""
+    The work is done by its parts, one concern each: :class:`Writes` (create, update),
+    :class:`Reads` (get, list, counts), :class:`Claims` and the :class:`DueSet`.
+    """
 
     def __init__(
         self,
@@ -86,20 +61,11 @@ class JobStore:
         ttl_s: int = 30 * 24 * 3600,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.ttl_s = ttl_s
-        self.clock = clock
-        self._create = client.register_script(CREATE_LUA)
-        self._update = client.register_script(UPDATE_LUA)
-        self._claim = client.register_script(CLAIM_LUA)
-        self._pop_due = client.register_script(POP_DUE_LUA)
-        self._dispatched = client.register_script(DISPATCHED_LUA)
-        self._sweep = client.register_script(SWEEP_LUA)
-
-    def key(self, kind: str, name: str = "") -> str:
-        """The one place Redis keys are built: ``{prefix}:{kind}[:{name}]``."""
-        return f"{self.prefix}:{kind}:{name}" if name else f"{self.prefix}:{kind}"
+        super().__init__(client=client, prefix=prefix, ttl_s=ttl_s, clock=clock)
+        self._reads = Reads(self)
+        self._writes = Writes(self, self._reads)
+        self._claims = Claims(self)
+        self._due = DueSet(self)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -115,64 +81,20 @@ class JobStore:
     ) -> tuple[Job, bool]:
         """Store a new ``queued`` (or, with ``run_at_s``, ``scheduled``) job.
 
-        Returns ``(job, True)``, or ``(existing_job, False)`` when the idempotency key already
-        names a live job; the check and the write are one atomic step. A new queued job waits in
-        the due set as "being published" until :meth:`published` confirms its message; if that
-        never comes, a dispatcher publishes it after :data:`REDISPATCH_MS`.
+        Returns ``(job, True)``, or ``(existing_job, False)``; see :meth:`Writes.create`.
         """
-        now = self.clock()
-        now_iso = utc_iso(now)
-        job_id = job_id or uuid.uuid4().hex
-        status = Status.SCHEDULED if run_at_s is not None else Status.QUEUED
-        created_ms = int(now * 1000)
-        due_ms = str(created_ms + REDISPATCH_MS if run_at_s is None else int(run_at_s * 1000))
-        record: dict[str, Any] = {
-            "id": job_id,
-            "room_id": room_id,
-            "status": status.value,
-            "attempts": 0,
-            "created_at": now_iso,
-            "updated_at": now_iso,
-            "finished_at": None,
-            "request": request,
-            "http_status": None,
-            "response": None,
-            "error": None,
-            "idempotency_key": idempotency_key,
-            "run_at": utc_iso(run_at_s) if run_at_s is not None else None,
-            "schedule": schedule,
-            "_ts": created_ms,
-        }
-        if run_at_s is not None:
-            record["_due"] = int(due_ms)
-        stored_id = self._create(
-            keys=[
-                self.key("job", job_id),
-                self.key("idem", idempotency_key or "-"),
-                self.key("jobs"),
-                self.key("room", room_id),
-                self.key("status", status.value),
-                self.key("due"),
-            ],
-            args=[
-                job_id,
-                json.dumps(record, separators=(",", ":")),
-                self.ttl_s,
-                created_ms,
-                "1" if idempotency_key else "0",
-                due_ms,
-                self.prefix,
-            ],
-        ).decode()
-        if stored_id != job_id:
-            existing = self.get(stored_id)
-            if existing is not None:
-                return existing, False
-        return Job.from_dict(record), True
+        return self._writes.create(
+            room_id=room_id,
+            request=request,
+            idempotency_key=idempotency_key,
+            run_at_s=run_at_s,
+            schedule=schedule,
+            job_id=job_id,
+        )
 
     def published(self, job: Job) -> None:
         """Confirm that a job :meth:`create` stored as queued has its message on the queue."""
-        self.dispatched([(job.id, job.room_id, int(job.extra["_ts"]) + REDISPATCH_MS)])
+        self._due.published(job)
 
     def update(
         self,
@@ -190,43 +112,20 @@ class JobStore:
     ) -> Update:
         """Apply ``patch`` atomically if the job's status is in ``allowed_from`` (any if None).
 
-        ``updated_at`` is set, and ``finished_at`` when the new status is terminal. With
-        ``lease_token`` the change applies only while that token holds the job's lease.
-        ``metrics`` are increments of the shared metrics hash, added in the same round trip
-        whether or not the change applies.
+        See :meth:`Writes.update` for the options.
         """
-        now = self.clock()
-        patch = {**patch, "updated_at": utc_iso(now), "_touched": int(now * 1000)}
-        if "status" in patch and Status(patch["status"]).terminal:
-            patch.setdefault("finished_at", patch["updated_at"])
-        allowed = (
-            "" if allowed_from is None else " " + " ".join(s.value for s in allowed_from) + " "
+        return self._writes.update(
+            job_id,
+            patch,
+            allowed_from=allowed_from,
+            lease_token=lease_token,
+            count_attempt=count_attempt,
+            due_at_s=due_at_s,
+            clear_due=clear_due,
+            release_lease=release_lease,
+            renew_lease_s=renew_lease_s,
+            metrics=metrics,
         )
-        due = "-" if clear_due else ("" if due_at_s is None else str(int(due_at_s * 1000)))
-        lease = "release" if release_lease else ""
-        if renew_lease_s is not None:
-            lease = str(int(renew_lease_s * 1000))
-        result = self._update(
-            client=own_client(self.client),
-            keys=[self.key("job", job_id), self.key("lease", job_id)],
-            args=[
-                self.prefix,
-                job_id,
-                allowed,
-                json.dumps(patch, separators=(",", ":")),
-                lease_token or "",
-                "1" if count_attempt else "0",
-                due,
-                lease,
-                int((now - self.ttl_s) * 1000),
-                self.key("metrics") if metrics else "",
-                *(x for pair in (metrics or {}).items() for x in pair),
-            ],
-        )
-        if result[0] == 1:
-            return Update(True, Job.from_record(result[1]))
-        reason = result[1].decode()
-        return Update(False, Job.from_record(result[2]) if len(result) > 2 else None, reason)
 
     def claim(
         self,
@@ -241,127 +140,48 @@ class JobStore:
     ) -> Claim:
         """Take the job's lease for one delivery, unless it is finished, not due or leased.
 
-        ``take_over_from`` names a lease holder known to be dead, whose lease may be taken.
-        With ``rate_step`` (:meth:`RedisRateLimiter.step`, no wait) the claim also takes a rate
-        slot and marks the first attempt ``running`` (see :data:`CLAIM_LUA`), unless no slot is
-        free or ``max_attempts`` or ``max_lost_deliveries`` are used up; ``Claim.began`` says
-        whether it did.
+        See :meth:`Claims.claim`, which may also begin the first attempt.
         """
-        now = self.clock()
-        rate_keys, rate_args = rate_step or (["-", "-", "-"], [0, 0, 0, 0, "0"])
-        result = self._claim(
-            client=own_client(self.client),
-            keys=[self.key("job", job_id), self.key("lease", job_id), self.key("held"), *rate_keys],
-            args=[
-                token,
-                int(lease_s * 1000),
-                int(now * 1000),
-                take_over_from,
-                job_id,
-                "1" if rate_step else "0",
-                utc_iso(now),
-                self.prefix,
-                max_attempts,
-                max_lost_deliveries,
-                *rate_args,
-            ],
+        return self._claims.claim(
+            job_id,
+            token=token,
+            lease_s=lease_s,
+            take_over_from=take_over_from,
+            rate_step=rate_step,
+            max_attempts=max_attempts,
+            max_lost_deliveries=max_lost_deliveries,
         )
-        kind = result[0].decode()
-        job = Job.from_record(result[1]) if len(result) > 1 else None
-        if kind == "claimed":
-            return Claim(kind, job, began=bool(int(result[2])))
-        if kind != "leased":
-            return Claim(kind, job)
-        return Claim(kind, job, max(int(result[2]), 0) / 1000, result[3].decode())
+
+    # -- the due set --------------------------------------------------------------------------
 
     def sweep(self, *, held_quiet_s: float, queued_quiet_s: float, limit: int = 1000) -> int:
         """Find stranded jobs (see :data:`SWEEP_LUA`) and put them in the due set."""
-        now = self.clock()
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrange(self.key("held"), 0, limit - 1)
-        pipe.zrange(self.key("status", Status.RETRYING.value), 0, limit - 1)
-        # queued jobs are indexed by creation time: only old ones can have been left alone
-        cutoff_ms = int((now - queued_quiet_s) * 1000)
-        pipe.zrangebyscore(
-            self.key("status", Status.QUEUED.value), "-inf", cutoff_ms, start=0, num=limit
-        )
-        ids: list[bytes] = [i for found in pipe.execute() for i in found]
-        if not ids:
-            return 0
-        return int(
-            self._sweep(
-                keys=[self.key("due"), self.key("held")],
-                args=[
-                    self.prefix,
-                    int(now * 1000),
-                    int(held_quiet_s * 1000),
-                    int(queued_quiet_s * 1000),
-                    *dict.fromkeys(ids),
-                ],
-            )
+        return self._due.sweep(
+            held_quiet_s=held_quiet_s, queued_quiet_s=queued_quiet_s, limit=limit
         )
 
     def pop_due(self, *, limit: int = 100) -> list[tuple[str, str, int]]:
         """Take up to ``limit`` due jobs: ``(id, room_id, token)``; confirm with ``dispatched``."""
-        now_ms = int(self.clock() * 1000)
-        flat = self._pop_due(
-            keys=[self.key("due")],
-            args=[now_ms, limit, REDISPATCH_MS, self.prefix, utc_iso(now_ms / 1000)],
-        )
-        token = now_ms + REDISPATCH_MS
-        return [(flat[i].decode(), flat[i + 1].decode(), token) for i in range(0, len(flat), 2)]
+        return self._due.pop(limit=limit)
 
     def dispatched(self, items: Iterable[tuple[str, str, int]]) -> None:
         """Confirm that these popped jobs' messages were published."""
-        args: list[Any] = []
-        for job_id, _room, token in items:
-            args += [job_id, str(token)]
-        if args:
-            self._dispatched(keys=[self.key("due")], args=args)
+        self._due.dispatched(items)
+
+    def due_count(self) -> int:
+        return self._due.count()
 
     # -- reads --------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
-        raw = self.client.get(self.key("job", job_id))
-        return Job.from_record(raw) if raw else None
+        return self._reads.get(job_id)
 
     def list(
         self, *, room_id: str | None = None, status: Status | None = None, limit: int = 50
     ) -> list[Job]:
         """Newest first. With both filters, the room's index is read and filtered by status."""
-        if room_id is not None:
-            index = self.key("room", room_id)
-        elif status is not None:
-            index = self.key("status", status.value)
-        else:
-            index = self.key("jobs")
-        jobs: list[Job] = []
-        start, page = 0, max(limit, 50)
-        while len(jobs) < limit:
-            found: list[bytes] = self.client.zrevrange(index, start, start + page - 1)  # type: ignore[assignment]
-            ids = [i.decode() for i in found]
-            if not ids:
-                break
-            start += page
-            for raw in self.client.mget([self.key("job", i) for i in ids]):
-                if raw is None:
-                    continue
-                job = Job.from_record(raw)
-                if status is None or job.status is status:
-                    jobs.append(job)
-                    if len(jobs) == limit:
-                        break
-        return jobs
+        return self._reads.list(room_id=room_id, status=status, limit=limit)
 
     def counts(self) -> dict[str, int]:
         """Jobs per status, from the status indexes (expired members trimmed first)."""
-        cutoff = int((self.clock() - self.ttl_s) * 1000)
-        pipe = self.client.pipeline(transaction=False)
-        for status in Status:
-            pipe.zremrangebyscore(self.key("status", status.value), "-inf", cutoff)
-            pipe.zcard(self.key("status", status.value))
-        results = pipe.execute()
-        return {status.value: int(results[2 * i + 1]) for i, status in enumerate(Status)}
-
-    def due_count(self) -> int:
-        return int(self.client.zcard(self.key("due")))
+        return self._reads.counts()

@@ -1,0 +1,85 @@
+"""Due set: the jobs waiting for a time in ``{p}:due``, and how they get (back) onto the queue.
+
+Scheduled and deferred jobs wait there until their time; a newly created queued job waits there
+as "being published" until its message is confirmed (:meth:`DueSet.published`). Dispatchers take
+due jobs with :meth:`DueSet.pop` and confirm them with :meth:`DueSet.dispatched`, and the
+sweeper (:meth:`DueSet.sweep`) puts stranded jobs back in. The key schema is in
+:mod:`tasks.store.jobs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from tasks.job import Job, Status, utc_iso
+from tasks.store.keyspace import Keyspace
+from tasks.store.scripts import DISPATCHED_LUA, POP_DUE_LUA, SWEEP_LUA
+
+#: a job whose message is not confirmed as published within this long is published again by a
+#: dispatcher (a producer or dispatcher that died between storing and publishing).
+REDISPATCH_MS = 30_000
+
+
+class DueSet:
+    """The due set of the store whose keyspace ``space`` is."""
+
+    def __init__(self, space: Keyspace) -> None:
+        self.space = space
+        self._pop_due = space.client.register_script(POP_DUE_LUA)
+        self._dispatched = space.client.register_script(DISPATCHED_LUA)
+        self._sweep = space.client.register_script(SWEEP_LUA)
+
+    def published(self, job: Job) -> None:
+        """Confirm that a job the store created as queued has its message on the queue."""
+        self.dispatched([(job.id, job.room_id, int(job.extra["_ts"]) + REDISPATCH_MS)])
+
+    def sweep(self, *, held_quiet_s: float, queued_quiet_s: float, limit: int = 1000) -> int:
+        """Find stranded jobs (see :data:`SWEEP_LUA`) and put them in the due set."""
+        space = self.space
+        now = space.clock()
+        pipe = space.client.pipeline(transaction=False)
+        pipe.zrange(space.key("held"), 0, limit - 1)
+        pipe.zrange(space.key("status", Status.RETRYING.value), 0, limit - 1)
+        # queued jobs are indexed by creation time: only old ones can have been left alone
+        cutoff_ms = int((now - queued_quiet_s) * 1000)
+        pipe.zrangebyscore(
+            space.key("status", Status.QUEUED.value), "-inf", cutoff_ms, start=0, num=limit
+        )
+        ids: list[bytes] = [i for found in pipe.execute() for i in found]
+        if not ids:
+            return 0
+        return int(
+            self._sweep(
+                keys=[space.key("due"), space.key("held")],
+                args=[
+                    space.prefix,
+                    int(now * 1000),
+                    int(held_quiet_s * 1000),
+                    int(queued_quiet_s * 1000),
+                    *dict.fromkeys(ids),
+                ],
+            )
+        )
+
+    def pop(self, *, limit: int = 100) -> list[tuple[str, str, int]]:
+        """Take up to ``limit`` due jobs: ``(id, room_id, token)``; confirm with ``dispatched``."""
+        space = self.space
+        now_ms = int(space.clock() * 1000)
+        flat = self._pop_due(
+            keys=[space.key("due")],
+            args=[now_ms, limit, REDISPATCH_MS, space.prefix, utc_iso(now_ms / 1000)],
+        )
+        token = now_ms + REDISPATCH_MS
+        return [(flat[i].decode(), flat[i + 1].decode(), token) for i in range(0, len(flat), 2)]
+
+    def dispatched(self, items: Iterable[tuple[str, str, int]]) -> None:
+        """Confirm that these popped jobs' messages were published."""
+        args: list[Any] = []
+        for job_id, _room, token in items:
+            args += [job_id, str(token)]
+        if args:
+            self._dispatched(keys=[self.space.key("due")], args=args)
+
+    def count(self) -> int:
+        return int(self.space.client.zcard(self.space.key("due")))

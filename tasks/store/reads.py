@@ -1,0 +1,61 @@
+"""Reads: job records by id, newest first from an index, and counted per status.
+
+Index members whose records have expired are skipped (and trimmed before counting); the key
+schema is in :mod:`tasks.store.jobs`.
+"""
+
+from __future__ import annotations
+
+from tasks.job import Job, Status
+from tasks.store.keyspace import Keyspace
+
+
+class Reads:
+    """Reads of the store whose keyspace ``space`` is."""
+
+    def __init__(self, space: Keyspace) -> None:
+        self.space = space
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self.space.client.get(self.space.key("job", job_id))
+        return Job.from_record(raw) if raw else None
+
+    def list(
+        self, *, room_id: str | None = None, status: Status | None = None, limit: int = 50
+    ) -> list[Job]:
+        """Newest first. With both filters, the room's index is read and filtered by status."""
+        space = self.space
+        if room_id is not None:
+            index = space.key("room", room_id)
+        elif status is not None:
+            index = space.key("status", status.value)
+        else:
+            index = space.key("jobs")
+        jobs: list[Job] = []
+        start, page = 0, max(limit, 50)
+        while len(jobs) < limit:
+            found: list[bytes] = space.client.zrevrange(index, start, start + page - 1)  # type: ignore[assignment]
+            ids = [i.decode() for i in found]
+            if not ids:
+                break
+            start += page
+            for raw in space.client.mget([space.key("job", i) for i in ids]):
+                if raw is None:
+                    continue
+                job = Job.from_record(raw)
+                if status is None or job.status is status:
+                    jobs.append(job)
+                    if len(jobs) == limit:
+                        break
+        return jobs
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per status, from the status indexes (expired members trimmed first)."""
+        space = self.space
+        cutoff = int((space.clock() - space.ttl_s) * 1000)
+        pipe = space.client.pipeline(transaction=False)
+        for status in Status:
+            pipe.zremrangebyscore(space.key("status", status.value), "-inf", cutoff)
+            pipe.zcard(space.key("status", status.value))
+        results = pipe.execute()
+        return {status.value: int(results[2 * i + 1]) for i, status in enumerate(Status)}

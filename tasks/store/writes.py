@@ -1,0 +1,162 @@
+"""Writes: a new job record, and changes of one, each one atomic script and one round trip.
+
+Every change goes through :data:`UPDATE_LUA`, which checks the current status against the
+statuses the change may start from; the key schema is in :mod:`tasks.store.jobs`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.job import Job, Status, utc_iso
+from tasks.store.connections import own_client
+from tasks.store.due import REDISPATCH_MS
+from tasks.store.keyspace import Keyspace
+from tasks.store.reads import Reads
+from tasks.store.scripts import CREATE_LUA, UPDATE_LUA
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """The outcome of a change: ``applied``, else ``reason`` (missing, status, lease_lost)."""
+
+    applied: bool
+    job: Job | None
+    reason: str = ""
+
+
+class Writes:
+    """Writes to the store whose keyspace ``space`` is (``reads`` finds an existing job)."""
+
+    def __init__(self, space: Keyspace, reads: Reads) -> None:
+        self.space = space
+        self.reads = reads
+        self._create = space.client.register_script(CREATE_LUA)
+        self._update = space.client.register_script(UPDATE_LUA)
+
+    def create(
+        self,
+        *,
+        room_id: str,
+        request: dict[str, Any],
+        idempotency_key: str | None = None,
+        run_at_s: float | None = None,
+        schedule: str | None = None,
+        job_id: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Store a new ``queued`` (or, with ``run_at_s``, ``scheduled``) job.
+
+        Returns ``(job, True)``, or ``(existing_job, False)`` when the idempotency key already
+        names a live job; the check and the write are one atomic step. A new queued job waits in
+        the due set as "being published" until :meth:`JobStore.published` confirms its message;
+        if that never comes, a dispatcher publishes it after :data:`REDISPATCH_MS`.
+        """
+        space = self.space
+        now = space.clock()
+        now_iso = utc_iso(now)
+        job_id = job_id or uuid.uuid4().hex
+        status = Status.SCHEDULED if run_at_s is not None else Status.QUEUED
+        created_ms = int(now * 1000)
+        due_ms = str(created_ms + REDISPATCH_MS if run_at_s is None else int(run_at_s * 1000))
+        record: dict[str, Any] = {
+            "id": job_id,
+            "room_id": room_id,
+            "status": status.value,
+            "attempts": 0,
+            "created_at": now_iso,
+            "updated_at": now_iso,
+            "finished_at": None,
+            "request": request,
+            "http_status": None,
+            "response": None,
+            "error": None,
+            "idempotency_key": idempotency_key,
+            "run_at": utc_iso(run_at_s) if run_at_s is not None else None,
+            "schedule": schedule,
+            "_ts": created_ms,
+        }
+        if run_at_s is not None:
+            record["_due"] = int(due_ms)
+        stored_id = self._create(
+            keys=[
+                space.key("job", job_id),
+                space.key("idem", idempotency_key or "-"),
+                space.key("jobs"),
+                space.key("room", room_id),
+                space.key("status", status.value),
+                space.key("due"),
+            ],
+            args=[
+                job_id,
+                json.dumps(record, separators=(",", ":")),
+                space.ttl_s,
+                created_ms,
+                "1" if idempotency_key else "0",
+                due_ms,
+                space.prefix,
+            ],
+        ).decode()
+        if stored_id != job_id:
+            existing = self.reads.get(stored_id)
+            if existing is not None:
+                return existing, False
+        return Job.from_dict(record), True
+
+    def update(
+        self,
+        job_id: str,
+        patch: dict[str, Any],
+        *,
+        allowed_from: Iterable[Status] | None = None,
+        lease_token: str | None = None,
+        count_attempt: bool = False,
+        due_at_s: float | None = None,
+        clear_due: bool = False,
+        release_lease: bool = False,
+        renew_lease_s: float | None = None,
+        metrics: Mapping[str, int] | None = None,
+    ) -> Update:
+        """Apply ``patch`` atomically if the job's status is in ``allowed_from`` (any if None).
+
+        ``updated_at`` is set, and ``finished_at`` when the new status is terminal. With
+        ``lease_token`` the change applies only while that token holds the job's lease.
+        ``metrics`` are increments of the shared metrics hash, added in the same round trip
+        whether or not the change applies.
+        """
+        space = self.space
+        now = space.clock()
+        patch = {**patch, "updated_at": utc_iso(now), "_touched": int(now * 1000)}
+        if "status" in patch and Status(patch["status"]).terminal:
+            patch.setdefault("finished_at", patch["updated_at"])
+        allowed = (
+            "" if allowed_from is None else " " + " ".join(s.value for s in allowed_from) + " "
+        )
+        due = "-" if clear_due else ("" if due_at_s is None else str(int(due_at_s * 1000)))
+        lease = "release" if release_lease else ""
+        if renew_lease_s is not None:
+            lease = str(int(renew_lease_s * 1000))
+        result = self._update(
+            client=own_client(space.client),
+            keys=[space.key("job", job_id), space.key("lease", job_id)],
+            args=[
+                space.prefix,
+                job_id,
+                allowed,
+                json.dumps(patch, separators=(",", ":")),
+                lease_token or "",
+                "1" if count_attempt else "0",
+                due,
+                lease,
+                int((now - space.ttl_s) * 1000),
+                space.key("metrics") if metrics else "",
+                *(x for pair in (metrics or {}).items() for x in pair),
+            ],
+        )
+        if result[0] == 1:
+            return Update(True, Job.from_record(result[1]))
+        reason = result[1].decode()
+        return Update(False, Job.from_record(result[2]) if len(result) > 2 else None, reason)
