@@ -1,0 +1,163 @@
+"""Outcomes: the store writes that end a step of a delivery, made under its lease.
+
+``retrying`` (the job waits for its next attempt), deferred (the job waits in the store's due
+set, lease given up), ``succeeded`` and ``failed``. Each is written through :meth:`Outcomes.apply`,
+which rides out a Redis restart (:data:`STORE_RETRY`) and raises :class:`LeaseLost` when the job
+was cancelled or taken over meanwhile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from tasks.delivery.leases import LeaseLost
+from tasks.delivery.state import DeliveryState, attempts_used, log_state, logger
+from tasks.errors import ApiError
+from tasks.job import Job, Status, utc_iso
+from tasks.store.jobs import JobStore
+
+#: statuses a delivery may move to ``running`` from.
+STARTABLE = frozenset({Status.QUEUED, Status.RETRYING, Status.RUNNING})
+
+#: store writes that end a step (retrying, deferred, finished) are retried through a Redis
+#: restart; without them the job would wait for the sweeper after its lease expired.
+STORE_RETRY = Retrying(
+    retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
+    stop=stop_after_delay(30),
+    wait=wait_exponential(multiplier=0.1, max=2),
+    reraise=True,
+)
+
+
+def _already_applied(job: Job | None, patch: dict[str, Any]) -> bool:
+    """A retried write whose first try landed (its reply was lost) finds its own result."""
+    return job is not None and "status" in patch and job.status.value == patch["status"]
+
+
+class Outcomes:
+    """Writes the outcomes of deliveries to ``store``.
+
+    A retry wait longer than ``inline_wait_max_s`` is not waited out by a worker: the job is
+    deferred instead.
+    """
+
+    def __init__(self, *, store: JobStore, inline_wait_max_s: float) -> None:
+        self.store = store
+        self.inline_wait_max_s = inline_wait_max_s
+
+    def retrying(self, state: DeliveryState, exc: ApiError, wait_s: float) -> None:
+        """Record that the attempt failed with ``exc`` and the next one comes in ``wait_s``."""
+        patch = {
+            "status": Status.RETRYING.value,
+            "in_flight": False,
+            "maybe_started": state.maybe_started,
+            "http_status": exc.http_status,
+            "response": exc.response,
+            "error": exc.to_record(),
+            "next_attempt_at": utc_iso(self.store.clock() + wait_s),
+        }
+        if wait_s > self.inline_wait_max_s:
+            self.defer(state, wait_s, None, patch)
+        else:
+            self.apply(state, patch, allowed_from={Status.RUNNING})
+        logger.info(
+            "job %s retrying in %.2fs after %s",
+            state.job.id,
+            wait_s,
+            exc.error_type,
+            extra={
+                "job_id": state.job.id,
+                "room_id": state.job.room_id,
+                "status": "retrying",
+                "attempt": state.job.attempts,
+                "http_status": exc.http_status,
+                "outcome": exc.error_type,
+            },
+        )
+
+    def defer(
+        self,
+        state: DeliveryState,
+        wait_s: float,
+        error: dict[str, str] | None,
+        patch: dict[str, Any] | None = None,
+    ) -> None:
+        """Park the job in the due set for ``wait_s`` and give up the lease (and the slot)."""
+        patch = dict(patch or {})
+        if error is not None:
+            patch["error"] = error
+        patch.setdefault("next_attempt_at", utc_iso(self.store.clock() + wait_s))
+        self.apply(
+            state,
+            patch,
+            allowed_from=STARTABLE,
+            due_at_s=self.store.clock() + wait_s,
+            release_lease=True,
+        )
+
+    def succeeded(self, state: DeliveryState, http_status: int | None, body: Any) -> str:
+        patch = {
+            "status": Status.SUCCEEDED.value,
+            "in_flight": False,
+            "maybe_started": state.maybe_started,
+            "http_status": http_status,
+            "response": body,
+            "error": None,
+            "next_attempt_at": None,
+        }
+        return self._finish(state, patch)
+
+    def failed(
+        self,
+        state: DeliveryState,
+        exc: ApiError | None,
+        note: str | None,
+        *,
+        error_type: str = "attempts_exhausted",
+    ) -> str:
+        if exc is None:
+            error = {"type": error_type, "message": note or ""}
+        else:
+            error = exc.to_record()
+            if exc.retryable:
+                used = attempts_used(state.job)
+                error["message"] = f"gave up after {used} attempts: {error['message']}"
+        patch = {
+            "status": Status.FAILED.value,
+            "in_flight": False,
+            "maybe_started": state.maybe_started,
+            "error": error,
+            "next_attempt_at": None,
+        }
+        if exc is not None:
+            patch["http_status"] = exc.http_status
+            patch["response"] = exc.response
+        return self._finish(state, patch)
+
+    def _finish(self, state: DeliveryState, patch: dict[str, Any]) -> str:
+        """The last write of a delivery that finished the job."""
+        self.apply(
+            state,
+            patch,
+            allowed_from=STARTABLE,
+            release_lease=True,
+            clear_due=True,
+        )
+        return str(patch["status"])
+
+    def apply(self, state: DeliveryState, patch: dict[str, Any], **kwargs: Any) -> None:
+        """Write a change under our lease, riding out a Redis restart of up to half a minute."""
+        args = (state.job.id, patch)
+        kwargs.update(lease_token=state.token, metrics=state.take_pending())
+        try:
+            result = self.store.update(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError):  # tenacity only when it is needed
+            result = STORE_RETRY(self.store.update, *args, **kwargs)
+        if not result.applied and not _already_applied(result.job, patch):
+            raise LeaseLost(result.reason)
+        assert result.job is not None
+        state.job = result.job
+        log_state(state)
