@@ -15,6 +15,7 @@ from typing import Self, TypeVar
 
 import pytest
 import redis
+from kombu import pools
 
 import tasks
 from tasks import runtime
@@ -117,6 +118,12 @@ def reset_process() -> None:
     """Read the environment again: our objects, settings and the Celery app's configuration."""
     runtime.reset()
     reconfigure(app)
+    # Celery caches the producer pool its remote control (`recorder health`) publishes with,
+    # bound to the first broker URL: tests that switch URLs in one process drop it (a test
+    # helper only; processes of the project read their settings once)
+    pools.reset()
+    app.close()
+    app.amqp._producer_pool = None
 
 
 class CeleryProcess:

@@ -11,8 +11,6 @@ import ssl
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from kombu import pools
-
 from tasks.settings import VISIBILITY_TIMEOUT_S, Settings, settings
 from tasks.store.connections import parse_sentinel_url
 
@@ -139,15 +137,14 @@ def _beat_config(s: Settings) -> dict[str, object]:
 
 
 def reconfigure(app: Any) -> None:
-    """Load the settings again into ``app`` and close every pooled broker connection.
+    """Load the settings again into ``app``.
 
     Production processes read the environment once; tests and the demo change it within one
-    process. kombu keys its connection and producer pools by broker URL, so a publish after
-    this uses the new one.
+    process. :func:`worker.publish.publish_job` takes its producer from kombu's pools, which
+    are keyed by broker URL, so a publish after this goes to the new one.
     """
     settings.cache_clear()
     app.conf.update(celery_config(settings()))
-    pools.reset()
 
 
 #: what Celery loads as its configuration (``app.config_from_object("worker.config:...")``)

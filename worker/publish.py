@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from kombu import Exchange, Queue
 from kombu.exceptions import ChannelError, OperationalError
 from kombu.pools import producers
 
@@ -58,6 +59,12 @@ def queue_depth(queue: str) -> int:
 
 
 def delete_queue(queue: str, *, broker_url: str | None = None) -> None:
-    """Delete ``queue`` and its bindings (the demo's own queue, after it ran)."""
+    """Delete ``queue`` and its bindings (the demo's own queue, after it ran).
+
+    Declared first, as Celery declares it (exchange and routing key named after the queue), so
+    kombu knows the bindings it deletes with it.
+    """
     with app.connection_for_write(broker_url) as connection:
-        connection.default_channel.queue_delete(queue=queue)
+        bound = Queue(queue, Exchange(queue), routing_key=queue)(connection.default_channel)
+        bound.declare()
+        bound.delete()
