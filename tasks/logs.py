@@ -18,8 +18,9 @@ import json
 import logging
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
+
+from tasks.job import utc_iso
 
 JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 REDACTED_JWT = "[redacted-jwt]"
@@ -93,7 +94,7 @@ class RecorderFormatter(logging.Formatter):
         except Exception as exc:  # a log line must never take the process down
             line = json.dumps(
                 {
-                    "ts": _ts(record.created),
+                    "ts": utc_iso(record.created),
                     "level": "ERROR",
                     "logger": __name__,
                     "message": f"could not format a log record: {type(exc).__name__}",
@@ -116,7 +117,7 @@ class RecorderFormatter(logging.Formatter):
 
     def _json(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": _ts(record.created),
+            "ts": utc_iso(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": self.redact(record.getMessage()),
@@ -131,15 +132,6 @@ class RecorderFormatter(logging.Formatter):
         if record.stack_info:
             out["stack_info"] = self.redact(self.formatStack(record.stack_info))
         return json.dumps(out, ensure_ascii=False, default=str)
-
-
-def _ts(created: float) -> str:
-    """Epoch seconds as ISO 8601 UTC with milliseconds, as job records have them."""
-    return (
-        datetime.fromtimestamp(created, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
 
 
 def install(
