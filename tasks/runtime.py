@@ -64,7 +64,13 @@ def redis_conn() -> redis.Redis:
 def store() -> JobStore:
     s = settings()
     return _once(
-        "store", lambda: JobStore(client=redis_conn(), prefix=s.key_prefix, ttl_s=s.job_ttl_s)
+        "store",
+        lambda: JobStore(
+            client=redis_conn(),
+            prefix=s.key_prefix,
+            ttl_s=s.job_ttl_s,
+            redispatch_ms=int(s.redispatch_after_s * 1000),
+        ),
     )
 
 

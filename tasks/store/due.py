@@ -13,12 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from tasks.job import Job, Status, utc_iso
-from tasks.store.keyspace import Keyspace
+from tasks.store.keyspace import REDISPATCH_MS, Keyspace
 from tasks.store.scripts import DISPATCHED_LUA, POP_DUE_LUA, SWEEP_LUA
 
-#: a job whose message is not confirmed as published within this long is published again by a
-#: dispatcher (a producer or dispatcher that died between storing and publishing).
-REDISPATCH_MS = 30_000
+__all__ = ["REDISPATCH_MS", "DueSet"]
 
 
 class DueSet:
@@ -32,7 +30,7 @@ class DueSet:
 
     def published(self, job: Job) -> None:
         """Confirm that a job the store created as queued has its message on the queue."""
-        self.dispatched([(job.id, job.room_id, int(job.extra["_ts"]) + REDISPATCH_MS)])
+        self.dispatched([(job.id, job.room_id, int(job.extra["_ts"]) + self.space.redispatch_ms)])
 
     def sweep(self, *, held_quiet_s: float, queued_quiet_s: float, limit: int = 1000) -> int:
         """Find stranded jobs (see :data:`SWEEP_LUA`) and put them in the due set."""
@@ -68,9 +66,9 @@ class DueSet:
         now_ms = int(space.clock() * 1000)
         flat = self._pop_due(
             keys=[space.key("due")],
-            args=[now_ms, limit, REDISPATCH_MS, space.prefix, utc_iso(now_ms / 1000)],
+            args=[now_ms, limit, space.redispatch_ms, space.prefix, utc_iso(now_ms / 1000)],
         )
-        token = now_ms + REDISPATCH_MS
+        token = now_ms + space.redispatch_ms
         return [(flat[i].decode(), flat[i + 1].decode(), token) for i in range(0, len(flat), 2)]
 
     def dispatched(self, items: Iterable[tuple[str, str, int]]) -> None:

@@ -60,8 +60,11 @@ class JobStore(Keyspace):
         prefix: str = "recorder",
         ttl_s: int = 30 * 24 * 3600,
         clock: Callable[[], float] = time.time,
+        redispatch_ms: int = REDISPATCH_MS,
     ) -> None:
-        super().__init__(client=client, prefix=prefix, ttl_s=ttl_s, clock=clock)
+        super().__init__(
+            client=client, prefix=prefix, ttl_s=ttl_s, clock=clock, redispatch_ms=redispatch_ms
+        )
         self._reads = Reads(self)
         self._writes = Writes(self, self._reads)
         self._claims = Claims(self)

@@ -14,7 +14,6 @@ from typing import Any
 
 from tasks.job import Job, Status, utc_iso
 from tasks.store.connections import own_client
-from tasks.store.due import REDISPATCH_MS
 from tasks.store.keyspace import Keyspace
 from tasks.store.reads import Reads
 from tasks.store.scripts import CREATE_LUA, UPDATE_LUA
@@ -53,7 +52,7 @@ class Writes:
         Returns ``(job, True)``, or ``(existing_job, False)`` when the idempotency key already
         names a live job; the check and the write are one atomic step. A new queued job waits in
         the due set as "being published" until :meth:`JobStore.published` confirms its message;
-        if that never comes, a dispatcher publishes it after :data:`REDISPATCH_MS`.
+        if that never comes, a dispatcher publishes it after ``redispatch_ms``.
         """
         space = self.space
         now = space.clock()
@@ -61,7 +60,7 @@ class Writes:
         job_id = job_id or uuid.uuid4().hex
         status = Status.SCHEDULED if run_at_s is not None else Status.QUEUED
         created_ms = int(now * 1000)
-        due_ms = str(created_ms + REDISPATCH_MS if run_at_s is None else int(run_at_s * 1000))
+        due_ms = str(created_ms + space.redispatch_ms if run_at_s is None else int(run_at_s * 1000))
         record: dict[str, Any] = {
             "id": job_id,
             "room_id": room_id,
