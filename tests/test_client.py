@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.videosdk.client import ApiClient
 from tasks.errors import RequestRefused
 from tasks.sandbox.server import SandboxServer
+from tasks.videosdk.client import ApiClient
 from tasks.videosdk.tokens import TokenMinter
 from tests.conftest import API_KEY, SECRET
 

@@ -156,11 +156,7 @@ def test_the_project_writes_no_kombu_key() -> None:
 
 def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
     # Given each module as the first one a process imports (a cycle breaks some order)
-    script = (
-        "import importlib, sys\n"
-        "name = sys.argv[1]\n"
-        "importlib.import_module(name)\n"
-    )
+    script = "import importlib, sys\nname = sys.argv[1]\nimportlib.import_module(name)\n"
     failures = []
     for name in modules():
         if name.endswith("__main__"):

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from tasks.logs import JWT, REDACTED_JWT, REDACTED_SECRET, RecorderFormatter, install
-from worker.signals import install_log_format
+from tasks.settings import settings
 from tasks.videosdk.tokens import TokenMinter
 from tests.conftest import API_KEY, SECRET
-from tasks.settings import settings
+from worker.signals import install_log_format
 
 TOKEN = TokenMinter(api_key=API_KEY, secret=SECRET).token()
 
@@ -29,7 +29,9 @@ def record(
             raise RuntimeError(f"boom with {TOKEN} and {SECRET}")
         except RuntimeError:
             exc_info = sys.exc_info()
-    rec = logging.LogRecord("tasks.delivery.runner", logging.INFO, __file__, 1, msg, args or None, exc_info)
+    rec = logging.LogRecord(
+        "tasks.delivery.runner", logging.INFO, __file__, 1, msg, args or None, exc_info
+    )
     rec.__dict__.update(extra)
     return rec
 

@@ -11,12 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tasks.store import metrics
-from tasks.videosdk.client import ApiClient
-from tasks.store.ratelimit import RedisRateLimiter
 from tasks.delivery.runner import Runner
 from tasks.sandbox.server import SandboxServer
+from tasks.store import metrics
 from tasks.store.jobs import JobStore
+from tasks.store.ratelimit import RedisRateLimiter
+from tasks.videosdk.client import ApiClient
 from tasks.videosdk.tokens import TokenMinter
 from tests.conftest import API_KEY, SECRET, free_port
 

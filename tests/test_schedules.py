@@ -12,13 +12,13 @@ from redbeat.decoder import RedBeatJSONDecoder
 from redbeat.schedulers import RedBeatConfig
 
 import tasks
-from tasks.schedules.cron import Every, parse_cron
+from tasks.api import enqueue_recording
 from tasks.errors import BrokerUnavailable, ConfigurationError, ValidationError
 from tasks.job import Job, utc_iso
-from tasks.api import enqueue_recording
-from tasks.schedules.store import fire_times
 from tasks.schedules.api import store
+from tasks.schedules.cron import Every, parse_cron
 from tasks.schedules.firing import fire_due, fire_key
+from tasks.schedules.store import fire_times
 from tasks.settings import Settings
 from worker.config import celery_config
 

@@ -13,7 +13,7 @@ from tasks.schedules.store import Schedule, ScheduleStore
 
 
 def store() -> ScheduleStore:
-    """The process's schedule store, under redbeat's key prefix (``Settings.redbeat_key_prefix``)."""
+    """The process's schedule store, under redbeat's key prefix (``redbeat_key_prefix``)."""
     return ScheduleStore(
         client=runtime.redis_conn(), key_prefix=runtime.config().redbeat_key_prefix
     )

@@ -12,7 +12,8 @@ does:
   matching either fires; otherwise a day must match both (cron's rule).
 
 Both classes are Celery schedules, so celery-redbeat can store them (a ZonedCron as its crontab
-fields, an :class:`Every` as an interval; the zone is kept beside it, see ``tasks.schedules.firing``).
+fields, an :class:`Every` as an interval; the zone is kept beside it, see
+``tasks.schedules.store``).
 The scheduler fires by two exact methods, :meth:`FireTimes.next_after` and
 :meth:`FireTimes.latest_due`; every time in and out is an aware datetime, returned in UTC.
 """

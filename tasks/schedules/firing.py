@@ -1,8 +1,8 @@
 """Recurring schedules: validation, and what one firing does.
 
 A schedule names a room, the recording options of ``enqueue_recording``, and either a cron
-expression evaluated in an IANA time zone (:class:`tasks.schedules.cron.ZonedCron`) or a fixed interval
-``every_s``. Schedules are stored by :class:`tasks.schedules.store.ScheduleStore` as
+expression evaluated in an IANA time zone (:class:`tasks.schedules.cron.ZonedCron`) or a fixed
+interval ``every_s``. Schedules are stored by :class:`tasks.schedules.store.ScheduleStore` as
 celery-redbeat entries, so they change at run time without restarting beat; beat
 (``worker.schedule``) fires each due one with :func:`fire_due`, which makes it an ordinary job.
 """
@@ -20,7 +20,6 @@ from tasks.job import Job, utc_iso
 from tasks.request import RecordingRequest
 from tasks.schedules.cron import FireTimes, parse_cron, parse_every, zone
 from tasks.schedules.store import Schedule, ScheduleStore
-
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ An entry is ours when its task is :data:`FIRE_TASK`. Its ``kwargs`` are what eve
 to ``enqueue_recording`` (``room_id`` and the recording options); ``options["recorder"]`` holds
 the schedule (``cron`` and ``timezone``, or ``every_s``) and a ``revision`` that changes whenever
 the entry is replaced. redbeat can store a crontab but not its zone, so the zone lives there and
-the :class:`~tasks.schedules.cron.ZonedCron` is rebuilt from it. ``meta.last_run_at`` is the last fire
-time (exactly the scheduled time, never the clock at firing), or when the entry was stored.
+the :class:`~tasks.schedules.cron.ZonedCron` is rebuilt from it. ``meta.last_run_at`` is the last
+fire time (exactly the scheduled time, never the clock at firing), or when the entry was stored.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Retry policy: which failures are retried, and how long to wait, declared once.
 
 The waits come from one pure function, :func:`backoff_s`, so they can be tested without a clock.
-The retry loop itself is tenacity's (see ``tasks.delivery.runner``); this module only supplies its parts.
+The retry loop itself is tenacity's (see ``tasks.delivery.runner``); this module only supplies its
+parts.
 """
 
 from __future__ import annotations

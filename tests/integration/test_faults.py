@@ -18,9 +18,9 @@ import pytest
 import tasks
 from tasks import runtime
 from tasks.job import Status
-from worker.publish import publish_job as publish
 from tasks.sandbox.server import SandboxServer
-from tests.conftest import RedisServer, reset_process, WorkerProcess, finished, wait_for
+from tests.conftest import RedisServer, WorkerProcess, finished, reset_process, wait_for
+from worker.publish import publish_job as publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -26,6 +26,7 @@ from tests.conftest import (
     CeleryProcess,
     RedisServer,
     WorkerProcess,
+    finished,
     free_port,
     wait_for,
 )
@@ -203,6 +204,8 @@ def test_flower_shows_a_failed_job_as_failure_and_a_waiting_one_as_retry(
     # Given a worker, Flower listening, a room the API does not know and one it throttles
     start_worker()
     wait_until_flower_listens(flower)
+    probes = [job.id for job in tasks.list_jobs(room_id="room-probe")]
+    wait_for(lambda: finished(probes), timeout_s=20)  # the answers scripted next are not theirs
     sandbox.script(
         {"status": 404, "body": {"message": "room not found"}},
         {"status": 429, "headers": {"Retry-After": "60"}},
