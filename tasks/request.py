@@ -36,6 +36,19 @@ Orientation = Literal["portrait", "landscape"]
 GRID_SIZES = (1, 2, 3, 4)
 
 
+#: the message for a string JSON and Redis cannot carry (a lone surrogate such as "\ud800")
+UNENCODABLE = "must be text encodable as UTF-8 (it holds a lone surrogate)"
+
+
+def is_utf8(value: str) -> bool:
+    """Whether ``value`` can be encoded as UTF-8: False for lone surrogates ("\ud800")."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _has_control_char(value: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in value)
 
@@ -85,12 +98,14 @@ class _Body(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _reject_null(cls, value: object, info: ValidationInfo) -> object:
+    def _reject_null_and_unencodable(cls, value: object, info: ValidationInfo) -> object:
         if value is None:
             required = (
                 info.field_name is not None and cls.model_fields[info.field_name].is_required()
             )
             raise ValueError("is required" if required else "must be left out rather than null")
+        if isinstance(value, str) and not is_utf8(value):
+            raise ValueError(UNENCODABLE)
         return value
 
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from tasks.errors import ConfigurationError
+from tasks.logs import redact_url_credentials
 
 DEFAULT_API_BASE = "https://api.videosdk.live"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -27,7 +29,6 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: by a worker killed with SIGKILL waits before it is redelivered.
 VISIBILITY_TIMEOUT_S = 900
 DEFAULT_QUEUE = "recorder"
-
 
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
@@ -124,7 +125,7 @@ class Settings:
             )
         return cls(
             redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
-            api_base=env.get("VIDEOSDK_API_BASE", DEFAULT_API_BASE).rstrip("/"),
+            api_base=_api_base(env.get("VIDEOSDK_API_BASE") or DEFAULT_API_BASE),
             api_key=env.get("VIDEOSDK_API_KEY") or None,
             secret=_read_secret(env),
             rate_limit=rate_limit,
@@ -149,6 +150,22 @@ class Settings:
             beat_max_interval_s=beat_max_interval_s,
             beat_lock_timeout_s=beat_lock_timeout_s,
         )
+
+
+def _api_base(url: str) -> str:
+    """``VIDEOSDK_API_BASE`` without its trailing slash; an http(s) URL with a host, or else
+    ConfigurationError (a worker must not start to fail every job inside the task)."""
+    try:
+        parts = urlsplit(url.strip())
+        _ = parts.port  # raises ValueError for a malformed port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = redact_url_credentials(url)
+        raise ConfigurationError(
+            f"VIDEOSDK_API_BASE must be an http:// or https:// URL with a host, got {shown!r}"
+        )
+    return url.strip().rstrip("/")
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -139,6 +139,8 @@ def test_enqueue_json_prints_the_job_with_the_body_it_will_send(
         (["--idempotency-key", ""], "recorder: idempotency_key"),
         (["--timeout", "-1"], "recorder: argument --timeout"),
         (["--colour", "red"], "recorder: unrecognized arguments: --colour red"),
+        (["--summary", '{"enabled": true, "prompt": "\\ud800"}'], "recorder: summary.prompt"),
+        (["--idempotency-key", "k\udc80"], "recorder: idempotency_key: must be text encodable"),
     ],
 )
 def test_enqueue_rejects_bad_input_with_exit_2_and_stores_nothing(

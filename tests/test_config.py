@@ -12,7 +12,6 @@ from celery import Celery
 from kombu.transport import redis as kombu_redis
 from redis.sentinel import SentinelConnectionPool
 
-from tasks.store.connections import parse_sentinel_url, redis_client
 from tasks.errors import ConfigurationError
 from tasks.settings import (
     DEFAULT_API_BASE,
@@ -21,6 +20,7 @@ from tasks.settings import (
     Settings,
     parse_rate,
 )
+from tasks.store.connections import parse_sentinel_url, redis_client
 from worker.config import celery_config
 
 SECRET = "s3cr3t-config-test-value"
@@ -338,3 +338,17 @@ def test_the_configuration_a_worker_shows_others_holds_no_password() -> None:
     app.config_from_object(celery_config(from_env(REDIS_URL="redis://:hunter2-pw@redis:6379/0")))
     table = app.conf.table(with_defaults=True, censored=True)
     assert "hunter2-pw" not in repr(table)
+
+
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:8080", "ftp://api.example.com", "https://", "http://host:99999", "api"]
+)
+def test_a_malformed_api_base_is_a_configuration_error_naming_the_variable(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="^VIDEOSDK_API_BASE must be an http"):
+        from_env(VIDEOSDK_API_BASE=url)
+
+
+def test_the_api_base_keeps_its_path_without_the_trailing_slash() -> None:
+    assert from_env(VIDEOSDK_API_BASE="http://127.0.0.1:8080/v/").api_base == (
+        "http://127.0.0.1:8080/v"
+    )

@@ -467,3 +467,21 @@ def test_an_unknown_key_at_any_level_is_rejected_and_named(
     target = config if where == "config" else config.setdefault("layout", {})
     target[key] = "x"
     assert build_error(config=config).field == f"{where}.{key}"
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"room_id": "room-\ud800"}, "room_id"),
+        ({"summary": {"enabled": True, "prompt": "\udfff tail"}}, "summary.prompt"),
+        ({"aws_dir_path": "dir/\ud83d"}, "aws_dir_path"),
+        ({"template_url": "https://example.com/\udc00"}, "template_url"),
+    ],
+)
+def test_build_rejects_text_utf8_cannot_encode_naming_the_field(
+    options: dict[str, object], field: str
+) -> None:
+    given = {"room_id": "room-1", **options}
+    room_id = given.pop("room_id")
+    with pytest.raises(ValidationError, match=f"^{field}: must be text encodable as UTF-8"):
+        RecordingRequest.build(room_id, **given)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ import redis
 from tasks.delivery.dispatcher import Publish
 from tasks.errors import BrokerUnavailable, JobNotFound, ValidationError
 from tasks.job import CANCELLABLE, Job, Status
-from tasks.request import RecordingRequest
+from tasks.request import UNENCODABLE, RecordingRequest, is_utf8
 from tasks.store.jobs import JobStore
 
 logger = logging.getLogger(__name__)
@@ -128,6 +128,8 @@ def _check_key(key: str | None) -> None:
         raise ValidationError(
             "idempotency_key", f"must be a non-empty string of at most {IDEMPOTENCY_KEY_MAX_CHARS}"
         )
+    if not is_utf8(key):
+        raise ValidationError("idempotency_key", UNENCODABLE)
 
 
 def _check_run_at(run_at: datetime | None, *, now_s: float, ttl_s: int) -> float | None:
