@@ -56,6 +56,19 @@ class BrokerUnavailable(RecorderError):
     error_type = "broker_unavailable"
 
 
+class ClaimFailed(RecorderError):
+    """Raised when Redis did not take a delivery's claim of a job, even after retries.
+
+    Nothing of the delivery is stored, so its message must go back to the queue, not be acked.
+    """
+
+    error_type = "claim_failed"
+
+    def __init__(self, job_id: str, cause: BaseException) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id}: the claim failed ({type(cause).__name__}: {cause})")
+
+
 class Deferred(RecorderError):
     """Raised when a job must wait longer than a worker slot may be held; it is handed back."""
 

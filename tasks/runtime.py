@@ -13,14 +13,14 @@ from typing import TypeVar
 
 import redis
 
-from tasks.videosdk.client import ApiClient
-from tasks.store.connections import redis_client
-from tasks.delivery.dispatcher import Dispatcher, Publish
-from tasks.store.ratelimit import RedisRateLimiter
+from tasks.delivery.dispatcher import Dispatcher, Publish, QueueDepth
 from tasks.delivery.runner import Runner
-from tasks.store.jobs import JobStore
-from tasks.videosdk.tokens import TokenMinter
 from tasks.settings import VISIBILITY_TIMEOUT_S, Settings, settings
+from tasks.store.connections import redis_client
+from tasks.store.jobs import JobStore
+from tasks.store.ratelimit import RedisRateLimiter
+from tasks.videosdk.client import ApiClient
+from tasks.videosdk.tokens import TokenMinter
 
 T = TypeVar("T")
 _lock = threading.RLock()
@@ -112,15 +112,17 @@ def runner() -> Runner:
     return _once("runner", build)
 
 
-def new_dispatcher(publish: Publish) -> Dispatcher:
+def new_dispatcher(publish: Publish, queue_depth: QueueDepth | None = None) -> Dispatcher:
     """A due-job dispatcher and sweeper, as every worker and beat runs one (not yet started).
 
-    A queued job counts as stranded only once kombu's visibility timeout (plus a margin) has
-    passed with nobody working on it: until then its message may simply be waiting in the queue.
+    ``publish`` and ``queue_depth`` are Celery's (``worker.publish``). Whatever the evidence, a
+    queued job counts as stranded once kombu's visibility timeout (plus a margin) has passed with
+    nobody working on it; sooner when its message is evidently gone (see the dispatcher).
     """
     return Dispatcher(
         store=store(),
         publish=publish,
         sweep_interval_s=settings().sweep_interval_s,
         queued_quiet_s=VISIBILITY_TIMEOUT_S + 60,
+        queue_depth=queue_depth,
     )

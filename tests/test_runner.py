@@ -12,13 +12,16 @@ from typing import Any
 import pytest
 import redis
 import requests
+from tenacity import stop_after_delay
 
-from tasks.videosdk.client import ApiClient
-from tasks.job import Job, Status
-from tasks.store.ratelimit import RedisRateLimiter
+from tasks.delivery import leases
 from tasks.delivery.runner import Runner
+from tasks.errors import ClaimFailed
+from tasks.job import Job, Status
 from tasks.sandbox.server import SandboxServer
 from tasks.store.jobs import JobStore
+from tasks.store.ratelimit import RedisRateLimiter
+from tasks.videosdk.client import ApiClient
 from tasks.videosdk.tokens import TokenMinter
 from tests.conftest import API_KEY, SECRET
 
@@ -278,3 +281,52 @@ def test_a_delivery_while_another_holds_the_job_waits_for_its_lease(
     assert 4 < due_s - time.time() <= 5.5
 
 
+def test_a_claim_that_fails_on_a_stale_connection_is_retried_and_the_job_runs(
+    make_runner: MakeRunner,
+    store: JobStore,
+    sandbox: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the first claim hits a connection Redis closed while it restarted
+    job_id = enqueue(store)
+    claim = store.claim
+    failures = [redis.ConnectionError("Connection closed by server.")]
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return claim(*args, **kwargs)
+
+    monkeypatch.setattr(store, "claim", flaky)
+    # Then the claim is tried again and the delivery goes on
+    assert make_runner().run(job_id).word == "succeeded"
+    assert len(sandbox.calls()) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.ConnectionError("refused"),
+        redis.exceptions.OutOfMemoryError("OOM command not allowed"),
+    ],
+)
+def test_a_claim_redis_never_takes_raises_claim_failed_and_stores_nothing(
+    make_runner: MakeRunner,
+    store: JobStore,
+    sandbox: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+) -> None:
+    job_id = enqueue(store)
+    before = store.get(job_id)
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(store, "claim", down)
+    monkeypatch.setattr(
+        leases, "THROUGH_OUTAGE", leases.THROUGH_OUTAGE.copy(stop=stop_after_delay(0.3))
+    )
+    with pytest.raises(ClaimFailed):
+        make_runner().run(job_id)
+    assert store.get(job_id) == before and sandbox.calls() == []

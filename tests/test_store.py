@@ -6,10 +6,10 @@ import threading
 import pytest
 import redis
 
-from tasks.store.connections import own_client
 from tasks.job import Status
-from tasks.store.ratelimit import RedisRateLimiter
+from tasks.store.connections import own_client
 from tasks.store.jobs import REDISPATCH_MS, Claim, JobStore
+from tasks.store.ratelimit import RedisRateLimiter
 
 
 class Clock:
@@ -262,6 +262,62 @@ def test_sweep_republishes_a_queued_job_only_after_the_quiet_period_and_once(
     clock.now += 901
     assert store.sweep(held_quiet_s=1, queued_quiet_s=900) == 1, "still lost: once more"
     assert job_id
+
+
+def confirmed(store: JobStore, clock: Clock) -> str:
+    """A queued job whose message was published (its publish confirmed), as at enqueue."""
+    job, _ = store.create(room_id="r", request={"roomId": "r"})
+    store.published(job)
+    return job.id
+
+
+def test_sweep_republishes_a_quiet_job_at_once_when_the_queue_is_empty(
+    store: JobStore, clock: Clock
+) -> None:
+    # Given a published job nobody claimed (its message was acked without a claim, or taken
+    # by a worker that was then killed)
+    job_id = confirmed(store, clock)
+    clock.now += 16
+    # Then with messages still waiting in the queue it may simply be in line
+    assert store.sweep(held_quiet_s=1, queued_quiet_s=900, lost_quiet_s=15) == 0
+    # but with the queue empty its message is gone: it goes back to the due set
+    assert store.sweep(held_quiet_s=1, queued_quiet_s=900, lost_quiet_s=15, queue_empty=True) == 1
+    assert [i for i, _r, _t in store.pop_due()] == [job_id]
+
+
+def test_sweep_republishes_a_job_published_well_before_one_already_claimed(
+    store: JobStore, clock: Clock
+) -> None:
+    # Given a job whose message is gone, and a later one a worker has claimed (first in,
+    # first out: the lost one's message left the queue before it)
+    lost = confirmed(store, clock)
+    clock.now += 20
+    store.claim(confirmed(store, clock), token="h:1:2:a", lease_s=30)
+    clock.now += 1
+    assert store.sweep(held_quiet_s=1, queued_quiet_s=900, lost_quiet_s=15) == 1
+    assert [i for i, _r, _t in store.pop_due()] == [lost]
+
+
+def test_sweep_leaves_a_job_in_line_behind_claimed_ones_alone(
+    store: JobStore, clock: Clock
+) -> None:
+    # Given a backlog: the claimed job was published before the waiting one
+    first = confirmed(store, clock)
+    clock.now += 20
+    confirmed(store, clock)
+    clock.now += 60
+    store.claim(first, token="h:1:2:a", lease_s=30)
+    assert store.sweep(held_quiet_s=1, queued_quiet_s=900, lost_quiet_s=15) == 0
+
+
+def test_a_claim_retried_after_its_reply_was_lost_gets_the_same_claim(
+    store: JobStore, rdb: redis.Redis
+) -> None:
+    job_id = new(store)
+    first = claim_with_slot(store, job_id)
+    again = claim_with_slot(store, job_id)  # the same token: its first try had landed
+    assert (again.kind, again.began) == ("claimed", True) == (first.kind, first.began)
+    assert again.job is not None and again.job.attempts == 1 and again.job.lost_deliveries == 0
 
 
 def test_sweep_leaves_finished_and_released_jobs_alone(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 from kombu.exceptions import ChannelError, OperationalError
 from kombu.pools import producers
 
@@ -56,6 +56,11 @@ def queue_depth(queue: str) -> int:
             return int(connection.default_channel.queue_declare(queue=queue, passive=True)[1])
         except ChannelError:  # kombu's Redis transport: no list yet means an empty queue
             return 0
+
+
+def our_queue_depth() -> int:
+    """Messages waiting on the queue our workers consume (``RECORDER_QUEUE``)."""
+    return queue_depth(str(app.conf.task_default_queue))
 
 
 def delete_queue(queue: str, *, broker_url: str | None = None) -> None:

@@ -26,9 +26,9 @@ lock (its tick took longer than the lock timeout) stops with an error rather tha
 another; the idempotency keys make even that overlap harmless.
 
 **One-off jobs.** Every beat, active or standby, also runs the same
-:class:`tasks.delivery.dispatcher.Dispatcher` as the workers, so ``run_at`` jobs and deferred retries are
-published even when no worker is up; dispatchers racing is safe (``POP_DUE_LUA`` hands each due
-job to one of them, and one sweep lock serves them all).
+:class:`tasks.delivery.dispatcher.Dispatcher` as the workers, so ``run_at`` jobs and deferred
+retries are published even when no worker is up; dispatchers racing is safe (``POP_DUE_LUA``
+hands each due job to one of them, and one sweep lock serves them all).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from tasks.schedules import api as schedules_api
 from tasks.schedules.cron import FireTimes
 from tasks.schedules.firing import fire_due
 from tasks.schedules.store import FIRE_TASK, fire_times, recorder_spec
-from worker.publish import publish_job
+from worker.publish import our_queue_depth, publish_job
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class RecorderScheduler(RedBeatScheduler):
     def setup_schedule(self) -> None:
         # only the real scheduler gets here; celery also builds a ``lazy`` one for its banner
         super().setup_schedule()
-        self._dispatcher = runtime.new_dispatcher(publish_job)
+        self._dispatcher = runtime.new_dispatcher(publish_job, our_queue_depth)
         self._dispatcher.start()
 
     def install_default_entries(self, data: Any) -> None:

@@ -9,7 +9,10 @@ Celery's state of the task (what Flower shows) follows the job's:
   (``throws``), so Celery logs it as one line, without a traceback;
 - the job waits in Redis for its next attempt, or another delivery has it: the task raises
   Celery's :class:`~celery.exceptions.Retry` without sending a new message (the job's own due
-  time brings it back), RETRY.
+  time brings it back), RETRY;
+- Redis did not take the claim, even after half a minute of retries (an outage, a full
+  memory): nothing is stored, so the task raises Celery's ``Reject(requeue=True)`` and the
+  message goes back to the queue instead of being acked.
 
 Acks are late in every case, and Celery acks a failed or retried task's message rather than
 redelivering it: the job record already says what happens next.
@@ -21,10 +24,11 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 
 from tasks import runtime
 from tasks.delivery.runner import Delivered
+from tasks.errors import ClaimFailed
 from tasks.job import Job, Status
 from worker.app import app
 from worker.publish import TASK_NAME
@@ -96,7 +100,11 @@ def start_recording(self: Any, job_id: str, room_id: str | None = None) -> str:
 
     Returns ``"succeeded"``; raises :class:`JobFailed` or Celery's ``Retry`` (module docstring).
     """
-    delivered: Delivered = runtime.runner().run(job_id)
+    try:
+        delivered: Delivered = runtime.runner().run(job_id)
+    except ClaimFailed as exc:
+        # nothing of this delivery is stored: the message goes back to the queue, never acked
+        raise Reject(str(exc), requeue=True) from exc
     job = delivered.job
     if job is None:
         raise EXCEPTIONS["missing"](f"no record of job {job_id} (expired or never stored)")

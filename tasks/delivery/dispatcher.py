@@ -5,10 +5,14 @@ extra process:
 - every ``interval_s`` it publishes due jobs (scheduled ones, and deferred waits);
   ``POP_DUE_LUA`` (tasks.store.scripts) hands each to exactly one dispatcher, and a job whose
   publish is not confirmed is handed out again 30 s later rather than lost;
-- every ``sweep_interval_s`` one of them (a Redis lock) sweeps for stranded jobs: claimed by a
-  delivery whose lease expired (its worker died) or ``queued`` for longer than kombu's
-  visibility timeout with nobody working on it (its message was lost), and puts them back in
-  the due set. A worker killed mid-call thus costs its jobs at most ``lease_s`` plus one sweep.
+- every ``sweep_interval_s`` one of them (a Redis lock) sweeps for stranded jobs, and puts them
+  back in the due set: claimed by a delivery whose lease expired (its worker died), or
+  ``queued``/``retrying`` with no message on its way to a worker: quiet for ``lost_quiet_s``
+  while the broker queue is empty, or published that long before a job a worker has already
+  claimed (the queue is first in, first out), or, whatever the evidence, quiet for longer than
+  kombu's visibility timeout. A worker killed mid-call costs its jobs at most ``lease_s`` plus
+  one sweep; a message lost any other way (acked without a claim, prefetched by a worker that
+  was killed) costs at most ``lost_quiet_s`` plus one sweep, about 25 s with the defaults.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ INTERVAL_S = 0.5
 BATCH = 200
 #: a claimed job whose lease has expired has been left alone at least this long already.
 HELD_QUIET_S = 1.0
+#: an unclaimed job whose message is evidently gone is published again after this long: longer
+#: than a live worker takes to claim a message it has taken (prefetch 1 per slot: at once)
+LOST_QUIET_S = 15.0
+#: the broker queue's depth (``worker.publish.queue_depth`` for our queue)
+QueueDepth = Callable[[], int]
 
 
 class Dispatcher:
@@ -44,6 +53,8 @@ class Dispatcher:
         batch: int = BATCH,
         sweep_interval_s: float = 10.0,
         queued_quiet_s: float = 960.0,
+        lost_quiet_s: float = LOST_QUIET_S,
+        queue_depth: QueueDepth | None = None,
     ) -> None:
         self.store = store
         self.publish = publish
@@ -51,6 +62,8 @@ class Dispatcher:
         self.batch = batch
         self.sweep_interval_s = sweep_interval_s
         self.queued_quiet_s = queued_quiet_s
+        self.lost_quiet_s = lost_quiet_s
+        self.queue_depth = queue_depth
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -75,7 +88,12 @@ class Dispatcher:
         lock = self.store.key("lock", "sweep")
         if not self.store.client.set(lock, "1", nx=True, px=int(self.sweep_interval_s * 1000)):
             return 0
-        found = self.store.sweep(held_quiet_s=HELD_QUIET_S, queued_quiet_s=self.queued_quiet_s)
+        found = self.store.sweep(
+            held_quiet_s=HELD_QUIET_S,
+            queued_quiet_s=self.queued_quiet_s,
+            lost_quiet_s=self.lost_quiet_s,
+            queue_empty=self.queue_depth is not None and self.queue_depth() == 0,
+        )
         if found:
             logger.warning("sweeper: %d stranded job(s) put back on the queue", found)
         return found

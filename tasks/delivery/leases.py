@@ -13,7 +13,9 @@ import threading
 import uuid
 
 from tasks.delivery.state import logger
+from tasks.errors import ClaimFailed
 from tasks.job import Status
+from tasks.store.connections import THROUGH_OUTAGE, TRANSIENT_ERRORS
 from tasks.store.jobs import Claim, JobStore
 from tasks.store.ratelimit import RedisRateLimiter
 
@@ -102,12 +104,25 @@ class Claimer:
         return Claim(claim.kind, update.job or claim.job, claim.lease_ttl_s, claim.holder)
 
     def _claim(self, job_id: str, token: str, take_over_from: str = "") -> Claim:
-        return self.store.claim(
-            job_id,
-            token=token,
-            lease_s=self.lease_s,
-            take_over_from=take_over_from,
-            rate_step=self.limiter.step(max_wait_s=0),
-            max_attempts=self.max_attempts,
-            max_lost_deliveries=self.max_lost_deliveries,
-        )
+        """One claim, retried through a Redis outage (the claim script is idempotent for a
+        token: a retry whose first try landed gets the same claim back); raises ClaimFailed."""
+
+        def claim() -> Claim:
+            return self.store.claim(
+                job_id,
+                token=token,
+                lease_s=self.lease_s,
+                take_over_from=take_over_from,
+                rate_step=self.limiter.step(max_wait_s=0),
+                max_attempts=self.max_attempts,
+                max_lost_deliveries=self.max_lost_deliveries,
+            )
+
+        try:
+            try:
+                return claim()
+            except TRANSIENT_ERRORS as exc:  # tenacity only when it is needed
+                logger.warning("job %s: claim failed (%s), retrying", job_id, type(exc).__name__)
+                return THROUGH_OUTAGE(claim)
+        except TRANSIENT_ERRORS as exc:
+            raise ClaimFailed(job_id, exc) from exc

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-
 from tasks.delivery.leases import LeaseLost
 from tasks.delivery.state import DeliveryState, attempts_used, log_state, logger
 from tasks.errors import ApiError
 from tasks.job import Job, Status, utc_iso
+from tasks.store.connections import THROUGH_OUTAGE, TRANSIENT_ERRORS
 from tasks.store.jobs import JobStore
 
 #: statuses a delivery may move to ``running`` from.
@@ -24,12 +22,7 @@ STARTABLE = frozenset({Status.QUEUED, Status.RETRYING, Status.RUNNING})
 
 #: store writes that end a step (retrying, deferred, finished) are retried through a Redis
 #: restart; without them the job would wait for the sweeper after its lease expired.
-STORE_RETRY = Retrying(
-    retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
-    stop=stop_after_delay(30),
-    wait=wait_exponential(multiplier=0.1, max=2),
-    reraise=True,
-)
+STORE_RETRY = THROUGH_OUTAGE
 
 
 def _already_applied(job: Job | None, patch: dict[str, Any]) -> bool:
@@ -154,7 +147,7 @@ class Outcomes:
         kwargs.update(lease_token=state.token, metrics=state.take_pending())
         try:
             result = self.store.update(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError):  # tenacity only when it is needed
+        except TRANSIENT_ERRORS:  # tenacity only when it is needed
             result = STORE_RETRY(self.store.update, *args, **kwargs)
         if not result.applied and not _already_applied(result.job, patch):
             raise LeaseLost(result.reason)

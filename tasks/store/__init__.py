@@ -18,6 +18,9 @@ key                             type    holds (written by)
 ``{p}:lease:{id}``              string  the token of the delivery working on the job; short PX
 ``{p}:held``                    zset    ids of jobs a delivery has claimed, by claim ms
 ``{p}:lock:sweep``              string  one dispatcher sweeps at a time; PX of a sweep interval
+``{p}:claimed_pub``             string  the delivery watermark: the latest publish ms of a
+                                        claimed job (messages published well before it have
+                                        left the queue); EX 1 day
 ``{p}:metrics``                 hash    API calls, latency buckets and waits of every worker
                                         (``metrics``); no TTL: counters, like Prometheus's
 ``{p}:rl:tat``                  string  the GCRA theoretical arrival time, µs (``ratelimit``)

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.sentinel import Sentinel
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from tasks.errors import ConfigurationError
 
@@ -21,6 +22,24 @@ from tasks.errors import ConfigurationError
 SOCKET_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
 HEALTH_CHECK_INTERVAL_S = 30
+
+#: Redis errors that pass (a restart, a failover, memory freed): a write that hits one is tried
+#: again (:data:`THROUGH_OUTAGE`), never taken as the job's outcome
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError,  # also BusyLoadingError: LOADING after a restart
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,  # OOM under maxmemory noeviction, until memory is freed
+    redis.exceptions.ReadOnlyError,  # READONLY: a replica answering after a failover
+    redis.exceptions.MasterDownError,  # MASTERDOWN: a replica cut off from its primary
+)
+
+#: a store write retried through an outage of up to half a minute, then its error raised
+THROUGH_OUTAGE = Retrying(
+    retry=retry_if_exception_type(TRANSIENT_ERRORS),
+    stop=stop_after_delay(30),
+    wait=wait_exponential(multiplier=0.1, max=2),
+    reraise=True,
+)
 
 _local = threading.local()
 

@@ -32,15 +32,29 @@ class DueSet:
         """Confirm that a job the store created as queued has its message on the queue."""
         self.dispatched([(job.id, job.room_id, int(job.extra["_ts"]) + self.space.redispatch_ms)])
 
-    def sweep(self, *, held_quiet_s: float, queued_quiet_s: float, limit: int = 1000) -> int:
-        """Find stranded jobs (see :data:`SWEEP_LUA`) and put them in the due set."""
+    def sweep(
+        self,
+        *,
+        held_quiet_s: float,
+        queued_quiet_s: float,
+        lost_quiet_s: float | None = None,
+        queue_empty: bool = False,
+        limit: int = 1000,
+    ) -> int:
+        """Find stranded jobs (see :data:`SWEEP_LUA`) and put them in the due set.
+
+        ``lost_quiet_s`` (default ``queued_quiet_s``): how long an unclaimed job must have been
+        quiet before the evidence that its message is gone counts: ``queue_empty`` (the broker
+        queue is empty) or a later-published job already claimed.
+        """
         space = self.space
         now = space.clock()
+        lost_s = queued_quiet_s if lost_quiet_s is None else lost_quiet_s
         pipe = space.client.pipeline(transaction=False)
         pipe.zrange(space.key("held"), 0, limit - 1)
         pipe.zrange(space.key("status", Status.RETRYING.value), 0, limit - 1)
         # queued jobs are indexed by creation time: only old ones can have been left alone
-        cutoff_ms = int((now - queued_quiet_s) * 1000)
+        cutoff_ms = int((now - min(lost_s, queued_quiet_s)) * 1000)
         pipe.zrangebyscore(
             space.key("status", Status.QUEUED.value), "-inf", cutoff_ms, start=0, num=limit
         )
@@ -49,12 +63,14 @@ class DueSet:
             return 0
         return int(
             self._sweep(
-                keys=[space.key("due"), space.key("held")],
+                keys=[space.key("due"), space.key("held"), space.key("claimed_pub")],
                 args=[
                     space.prefix,
                     int(now * 1000),
                     int(held_quiet_s * 1000),
                     int(queued_quiet_s * 1000),
+                    int(lost_s * 1000),
+                    "1" if queue_empty else "0",
                     *dict.fromkeys(ids),
                 ],
             )

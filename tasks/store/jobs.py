@@ -157,10 +157,22 @@ class JobStore(Keyspace):
 
     # -- the due set --------------------------------------------------------------------------
 
-    def sweep(self, *, held_quiet_s: float, queued_quiet_s: float, limit: int = 1000) -> int:
-        """Find stranded jobs (see :data:`SWEEP_LUA`) and put them in the due set."""
+    def sweep(
+        self,
+        *,
+        held_quiet_s: float,
+        queued_quiet_s: float,
+        lost_quiet_s: float | None = None,
+        queue_empty: bool = False,
+        limit: int = 1000,
+    ) -> int:
+        """Find stranded jobs and put them in the due set (see :meth:`DueSet.sweep`)."""
         return self._due.sweep(
-            held_quiet_s=held_quiet_s, queued_quiet_s=queued_quiet_s, limit=limit
+            held_quiet_s=held_quiet_s,
+            queued_quiet_s=queued_quiet_s,
+            lost_quiet_s=lost_quiet_s,
+            queue_empty=queue_empty,
+            limit=limit,
         )
 
     def pop_due(self, *, limit: int = 100) -> list[tuple[str, str, int]]:

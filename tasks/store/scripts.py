@@ -91,12 +91,16 @@ return {1, out}
 # the first attempt if a rate slot is free right now, ARGV[7] now as ISO 8601, ARGV[8] prefix,
 # ARGV[9] most attempts, ARGV[10] most lost deliveries, ARGV[11..15] the GCRA step's args
 # Returns {kind, record, lease pttl, holder} or {'claimed', record, began 0/1}: kind is claimed,
-# finished, not_due, leased or missing. A claim that finds ``_holder`` still set knows the last
-# delivery died without finishing (a killed worker): it counts it in ``lost_deliveries``.
+# finished, not_due, leased or missing. The same token claiming again (a retry after a lost
+# reply) gets the same claim back, and whether it began the attempt (``_begun``). A claim
+# raises ``{prefix}:claimed_pub`` (the delivery watermark) to the job's last publish time
+# (``_touched``): every message published well before it has left the queue (SWEEP_LUA). A
+# claim that finds ``_holder`` still set knows the last delivery died without finishing (a
+# killed worker): it counts it in ``lost_deliveries``.
 # Beginning an attempt is the same write-ahead as the runner's own (status running, in_flight,
-# attempts + 1) after taking a rate slot (tasks.store.ratelimit.GCRA_LUA), done here to save two round
-# trips; it is skipped when the delivery will not call (attempts or lost deliveries used up: the
-# runner fails the job instead) and when no slot is free at once (the runner waits for one).
+# attempts + 1) after taking a rate slot (tasks.store.ratelimit.GCRA_LUA), done here to save two
+# round trips; it is skipped when the delivery will not call (attempts or lost deliveries used
+# up: the runner fails the job instead) and when no slot is free at once (the runner waits).
 CLAIM_LUA = (
     GCRA_LUA
     + """
@@ -109,12 +113,21 @@ if s == 'scheduled' or (rec._due and rec._due > tonumber(ARGV[3])) then
   return {'not_due', raw}
 end
 local holder = redis.call('GET', KEYS[2])
+if holder == ARGV[1] and rec._holder == ARGV[1] then
+  -- this claim again: a retry whose first try landed (its reply was lost)
+  return {'claimed', raw, rec._begun == ARGV[1] and 1 or 0}
+end
 if holder then
   if holder ~= ARGV[4] then return {'leased', raw, redis.call('PTTL', KEYS[2]), holder} end
   redis.call('DEL', KEYS[2])
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
+local published = rec._touched or rec._ts
+local watermark_key = ARGV[8] .. ':claimed_pub'
+if published > tonumber(redis.call('GET', watermark_key) or '0') then
+  redis.call('SET', watermark_key, published, 'EX', 86400)
+end
 if rec._holder then rec.lost_deliveries = (rec.lost_deliveries or 0) + 1 end
 rec._holder = ARGV[1]
 rec.deliveries = (rec.deliveries or 0) + 1
@@ -124,6 +137,7 @@ if ARGV[6] == '1' and (rec.attempts or 0) - (rec._base or 0) < tonumber(ARGV[9])
     and gcra({KEYS[4], KEYS[5], KEYS[6]}, {ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]})[2]
       == 1 then
   began = 1
+  rec._begun = ARGV[1]
   if rec.in_flight then rec.maybe_started = true end
   if s ~= 'running' then
     redis.call('ZREM', ARGV[8] .. ':status:' .. s, ARGV[5])
@@ -190,18 +204,25 @@ end
 return 1
 """
 
-# KEYS[1] due, KEYS[2] held; ARGV[1] prefix, ARGV[2] now ms, ARGV[3] ms a job whose holder
-# vanished must have been left alone, ARGV[4] the same for a job nobody claimed, ARGV[5..] ids
+# KEYS[1] due, KEYS[2] held, KEYS[3] the delivery watermark (CLAIM_LUA's ``claimed_pub``)
+# ARGV[1] prefix, ARGV[2] now ms, ARGV[3] ms a job whose holder vanished must have been left
+# alone, ARGV[4] the same for a job nobody claimed (the last resort), ARGV[5] ms after which an
+# unclaimed job's message counts as lost when the evidence says so, ARGV[6] "1" when the broker
+# queue is empty, ARGV[7..] ids
 # A job is stranded when it is not finished, nobody holds its lease and it is not waiting in the
 # due set, and either a delivery claimed it and died (``_holder`` is still set: a killed worker)
-# or nothing has happened to it for ARGV[4] ms (its message was lost; a queued job may simply
-# wait in a long broker queue, so ARGV[4] is past kombu's visibility timeout). Each stranded
-# job is put in the due set for the dispatcher and marked ``_swept``, so it is not put there
-# again before that time has passed once more.
+# or its message is gone: quiet for ARGV[5] ms while the queue is empty, or published (``_touched``)
+# more than ARGV[5] ms before a job a worker has already claimed (the queue is first in, first
+# out, so its message was taken: by a worker that acked it without a claim, or one that died
+# holding it), or quiet for ARGV[4] ms whatever the evidence. Each stranded job is put in the due
+# set for the dispatcher and marked ``_swept``, so it is not put there again before that time
+# has passed once more.
 SWEEP_LUA = """
 local now = tonumber(ARGV[2])
+local lost = tonumber(ARGV[5])
+local watermark = tonumber(redis.call('GET', KEYS[3]) or '0')
 local found = 0
-for i = 5, #ARGV do
+for i = 7, #ARGV do
   local id = ARGV[i]
   local key = ARGV[1] .. ':job:' .. id
   local raw = redis.call('GET', key)
@@ -210,10 +231,16 @@ for i = 5, #ARGV do
                         or rec.status == 'retrying')
   if not live or not rec._holder then redis.call('ZREM', KEYS[2], id) end
   if live and not rec._due and redis.call('EXISTS', ARGV[1] .. ':lease:' .. id) == 0 then
-    local quiet = tonumber(ARGV[4])
-    if rec._holder then quiet = tonumber(ARGV[3]) end
-    local since = math.max(rec._swept or 0, rec._touched or rec._ts)
-    if since < now - quiet then
+    local published = rec._touched or rec._ts
+    local since = math.max(rec._swept or 0, published)
+    local stranded
+    if rec._holder then
+      stranded = since < now - tonumber(ARGV[3])
+    else
+      stranded = since < now - tonumber(ARGV[4])
+        or (since < now - lost and (ARGV[6] == '1' or published < watermark - lost))
+    end
+    if stranded then
       rec._swept = now
       rec._due = now
       redis.call('ZADD', KEYS[1], now, id)
