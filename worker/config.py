@@ -34,6 +34,9 @@ def celery_config(s: Settings) -> dict[str, object]:
         **_tls_config(s),
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
+        # a write Redis refuses for a while (OOM under noeviction, READONLY after a failover) is
+        # a channel error to kombu: reconnect and retry, as for a lost connection, not exit
+        "broker_channel_error_retry": True,
         "broker_heartbeat": 0,
         "task_serializer": "json",
         "result_serializer": "json",
