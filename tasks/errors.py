@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from tasks.logs import redact_url_credentials
+
 
 class RecorderError(Exception):
     """Base of every error raised by videosdk-recorder."""
@@ -147,6 +149,24 @@ class AlreadyRecording(ApiError):
     """Raised when the API refused the start because the room is already being recorded."""
 
     error_type = "already_recording"
+
+
+class InternalError(ApiError):
+    """Raised when an attempt failed on an unexpected exception (a bug, a library's surprise).
+
+    Recorded as ``internal_error`` with the exception's type and message (URL credentials
+    redacted), and retried like a 5xx: whether the request left is unknown, so an "already
+    recording" answer later counts as success.
+    """
+
+    error_type = "internal_error"
+    retryable = True
+    MESSAGE_MAX_CHARS = 300
+
+    @classmethod
+    def wrapping(cls, exc: BaseException) -> InternalError:
+        text = redact_url_credentials(f"{type(exc).__name__}: {exc}")
+        return cls(text[: cls.MESSAGE_MAX_CHARS], may_have_started=True)
 
 
 class RequestRefused(ApiError):

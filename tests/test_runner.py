@@ -330,3 +330,49 @@ def test_a_claim_redis_never_takes_raises_claim_failed_and_stores_nothing(
     with pytest.raises(ClaimFailed):
         make_runner().run(job_id)
     assert store.get(job_id) == before and sandbox.calls() == []
+
+
+def test_an_unexpected_exception_in_an_attempt_is_a_recorded_internal_error_retried(
+    make_runner: MakeRunner,
+    store: JobStore,
+    sandbox: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a client that fails once on something no API answer explains
+    runner = make_runner()
+    real = runner.client.start_recording
+    surprises = [OverflowError("cannot convert float infinity to integer")]
+
+    def start(body: dict[str, Any]) -> Any:
+        if surprises:
+            raise surprises.pop()
+        return real(body)
+
+    monkeypatch.setattr(runner.client, "start_recording", start)
+    # Then that attempt is a failed attempt like a 5xx, and the next one succeeds
+    job_id = enqueue(store)
+    assert runner.run(job_id).word == "succeeded"
+    job = store.get(job_id)
+    assert job is not None and job.attempts == 2 and job.maybe_started
+    assert len(sandbox.calls()) == 1
+
+
+def test_a_delivery_that_always_fails_unexpectedly_ends_failed_as_internal_error_not_lost(
+    make_runner: MakeRunner,
+    store: JobStore,
+    sandbox: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runner = make_runner(max_attempts=3)
+
+    def start(body: dict[str, Any]) -> Any:
+        raise requests.exceptions.InvalidSchema("No connection adapters for 'ftp://u:pw@host'")
+
+    monkeypatch.setattr(runner.client, "start_recording", start)
+    job_id = enqueue(store)
+    assert runner.run(job_id).word == "failed"
+    job = store.get(job_id)
+    assert job is not None and job.error is not None and job.attempts == 3
+    assert job.error["type"] == "internal_error" and job.lost_deliveries == 0
+    assert "InvalidSchema" in job.error["message"] and "pw@" not in job.error["message"]
+    assert sandbox.calls() == []

@@ -35,7 +35,7 @@ from tasks.delivery.state import (
     log_state,
     logger,
 )
-from tasks.errors import AlreadyRecording, ApiError, Deferred, TokenRejected
+from tasks.errors import AlreadyRecording, ApiError, Deferred, InternalError, TokenRejected
 from tasks.job import Status
 from tasks.store.jobs import JobStore
 from tasks.store.ratelimit import RedisRateLimiter
@@ -158,7 +158,12 @@ class Runner:
         else:
             self._begin_attempt(state)
         try:
-            response = self.client.start_recording(state.job.request)
+            try:
+                response = self.client.start_recording(state.job.request)
+            except ApiError:
+                raise
+            except Exception as exc:  # not a verdict of the API: an attempt failed on our side
+                raise InternalError.wrapping(exc) from exc
         except ApiError as exc:
             state.maybe_started = state.maybe_started or exc.may_have_started
             log_call(state, exc.http_status, exc.latency_s, exc.error_type)
