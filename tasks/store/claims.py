@@ -28,12 +28,12 @@ class Claim:
     began: bool = False
 
 
-class Claims:
-    """Claims of jobs in the store whose keyspace ``space`` is."""
+class Claims(Keyspace):
+    """Claims of jobs for deliveries: the lease, and maybe the first attempt."""
 
-    def __init__(self, space: Keyspace) -> None:
-        self.space = space
-        self._claim = space.client.register_script(CLAIM_LUA)
+    def __init__(self, **keyspace: Any) -> None:
+        super().__init__(**keyspace)
+        self._claim = self.client.register_script(CLAIM_LUA)
 
     def claim(
         self,
@@ -54,15 +54,14 @@ class Claims:
         free or ``max_attempts`` or ``max_lost_deliveries`` are used up; ``Claim.began`` says
         whether it did.
         """
-        space = self.space
-        now = space.clock()
+        now = self.clock()
         rate_keys, rate_args = rate_step or (["-", "-", "-"], [0, 0, 0, 0, "0"])
         result = self._claim(
-            client=own_client(space.client),
+            client=own_client(self.client),
             keys=[
-                space.key("job", job_id),
-                space.key("lease", job_id),
-                space.key("held"),
+                self.key("job", job_id),
+                self.key("lease", job_id),
+                self.key("held"),
                 *rate_keys,
             ],
             args=[
@@ -73,7 +72,7 @@ class Claims:
                 job_id,
                 "1" if rate_step else "0",
                 utc_iso(now),
-                space.prefix,
+                self.prefix,
                 max_attempts,
                 max_lost_deliveries,
                 *rate_args,

@@ -19,18 +19,18 @@ from tasks.store.scripts import DISPATCHED_LUA, POP_DUE_LUA, SWEEP_LUA
 __all__ = ["REDISPATCH_MS", "DueSet"]
 
 
-class DueSet:
-    """The due set of the store whose keyspace ``space`` is."""
+class DueSet(Keyspace):
+    """The due set: waiting jobs, publishing them, confirming, and sweeping for stranded ones."""
 
-    def __init__(self, space: Keyspace) -> None:
-        self.space = space
-        self._pop_due = space.client.register_script(POP_DUE_LUA)
-        self._dispatched = space.client.register_script(DISPATCHED_LUA)
-        self._sweep = space.client.register_script(SWEEP_LUA)
+    def __init__(self, **keyspace: Any) -> None:
+        super().__init__(**keyspace)
+        self._pop_due = self.client.register_script(POP_DUE_LUA)
+        self._dispatched = self.client.register_script(DISPATCHED_LUA)
+        self._sweep = self.client.register_script(SWEEP_LUA)
 
     def published(self, job: Job) -> None:
         """Confirm that a job the store created as queued has its message on the queue."""
-        self.dispatched([(job.id, job.room_id, int(job.extra["_ts"]) + self.space.redispatch_ms)])
+        self.dispatched([(job.id, job.room_id, int(job.extra["_ts"]) + self.redispatch_ms)])
 
     def sweep(
         self,
@@ -47,25 +47,24 @@ class DueSet:
         quiet before the evidence that its message is gone counts: ``queue_empty`` (the broker
         queue is empty) or a later-published job already claimed.
         """
-        space = self.space
-        now = space.clock()
+        now = self.clock()
         lost_s = queued_quiet_s if lost_quiet_s is None else lost_quiet_s
-        pipe = space.client.pipeline(transaction=False)
-        pipe.zrange(space.key("held"), 0, limit - 1)
-        pipe.zrange(space.key("status", Status.RETRYING.value), 0, limit - 1)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(self.key("held"), 0, limit - 1)
+        pipe.zrange(self.key("status", Status.RETRYING.value), 0, limit - 1)
         # queued jobs are indexed by creation time: only old ones can have been left alone
         cutoff_ms = int((now - min(lost_s, queued_quiet_s)) * 1000)
         pipe.zrangebyscore(
-            space.key("status", Status.QUEUED.value), "-inf", cutoff_ms, start=0, num=limit
+            self.key("status", Status.QUEUED.value), "-inf", cutoff_ms, start=0, num=limit
         )
         ids: list[bytes] = [i for found in pipe.execute() for i in found]
         if not ids:
             return 0
         return int(
             self._sweep(
-                keys=[space.key("due"), space.key("held"), space.key("claimed_pub")],
+                keys=[self.key("due"), self.key("held"), self.key("claimed_pub")],
                 args=[
-                    space.prefix,
+                    self.prefix,
                     int(now * 1000),
                     int(held_quiet_s * 1000),
                     int(queued_quiet_s * 1000),
@@ -76,15 +75,14 @@ class DueSet:
             )
         )
 
-    def pop(self, *, limit: int = 100) -> list[tuple[str, str, int]]:
+    def pop_due(self, *, limit: int = 100) -> list[tuple[str, str, int]]:
         """Take up to ``limit`` due jobs: ``(id, room_id, token)``; confirm with ``dispatched``."""
-        space = self.space
-        now_ms = int(space.clock() * 1000)
+        now_ms = int(self.clock() * 1000)
         flat = self._pop_due(
-            keys=[space.key("due")],
-            args=[now_ms, limit, space.redispatch_ms, space.prefix, utc_iso(now_ms / 1000)],
+            keys=[self.key("due")],
+            args=[now_ms, limit, self.redispatch_ms, self.prefix, utc_iso(now_ms / 1000)],
         )
-        token = now_ms + space.redispatch_ms
+        token = now_ms + self.redispatch_ms
         return [(flat[i].decode(), flat[i + 1].decode(), token) for i in range(0, len(flat), 2)]
 
     def dispatched(self, items: Iterable[tuple[str, str, int]]) -> None:
@@ -93,7 +91,7 @@ class DueSet:
         for job_id, _room, token in items:
             args += [job_id, str(token)]
         if args:
-            self._dispatched(keys=[self.space.key("due")], args=args)
+            self._dispatched(keys=[self.key("due")], args=args)
 
-    def count(self) -> int:
-        return int(self.space.client.zcard(self.space.key("due")))
+    def due_count(self) -> int:
+        return int(self.client.zcard(self.key("due")))

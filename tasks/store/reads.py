@@ -10,36 +10,32 @@ from tasks.job import Job, Status
 from tasks.store.keyspace import Keyspace
 
 
-class Reads:
-    """Reads of the store whose keyspace ``space`` is."""
-
-    def __init__(self, space: Keyspace) -> None:
-        self.space = space
+class Reads(Keyspace):
+    """Reads of job records: one, a filtered list, counts per status."""
 
     def get(self, job_id: str) -> Job | None:
-        raw = self.space.client.get(self.space.key("job", job_id))
+        raw = self.client.get(self.key("job", job_id))
         return Job.from_record(raw) if raw else None
 
     def list(
         self, *, room_id: str | None = None, status: Status | None = None, limit: int = 50
     ) -> list[Job]:
         """Newest first. With both filters, the room's index is read and filtered by status."""
-        space = self.space
         if room_id is not None:
-            index = space.key("room", room_id)
+            index = self.key("room", room_id)
         elif status is not None:
-            index = space.key("status", status.value)
+            index = self.key("status", status.value)
         else:
-            index = space.key("jobs")
+            index = self.key("jobs")
         jobs: list[Job] = []
         start, page = 0, max(limit, 50)
         while len(jobs) < limit:
-            found: list[bytes] = space.client.zrevrange(index, start, start + page - 1)  # type: ignore[assignment]
+            found: list[bytes] = self.client.zrevrange(index, start, start + page - 1)  # type: ignore[assignment]
             ids = [i.decode() for i in found]
             if not ids:
                 break
             start += page
-            for raw in space.client.mget([space.key("job", i) for i in ids]):
+            for raw in self.client.mget([self.key("job", i) for i in ids]):
                 if raw is None:
                     continue
                 job = Job.from_record(raw)
@@ -51,11 +47,10 @@ class Reads:
 
     def counts(self) -> dict[str, int]:
         """Jobs per status, from the status indexes (expired members trimmed first)."""
-        space = self.space
-        cutoff = int((space.clock() - space.ttl_s) * 1000)
-        pipe = space.client.pipeline(transaction=False)
+        cutoff = int((self.clock() - self.ttl_s) * 1000)
+        pipe = self.client.pipeline(transaction=False)
         for status in Status:
-            pipe.zremrangebyscore(space.key("status", status.value), "-inf", cutoff)
-            pipe.zcard(space.key("status", status.value))
+            pipe.zremrangebyscore(self.key("status", status.value), "-inf", cutoff)
+            pipe.zcard(self.key("status", status.value))
         results = pipe.execute()
         return {status.value: int(results[2 * i + 1]) for i, status in enumerate(Status)}

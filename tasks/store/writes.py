@@ -14,7 +14,6 @@ from typing import Any
 
 from tasks.job import Job, Status, utc_iso
 from tasks.store.connections import own_client
-from tasks.store.keyspace import Keyspace
 from tasks.store.reads import Reads
 from tasks.store.scripts import CREATE_LUA, UPDATE_LUA
 
@@ -28,14 +27,13 @@ class Update:
     reason: str = ""
 
 
-class Writes:
-    """Writes to the store whose keyspace ``space`` is (``reads`` finds an existing job)."""
+class Writes(Reads):
+    """Writes of job records: create, and every change (through one atomic script)."""
 
-    def __init__(self, space: Keyspace, reads: Reads) -> None:
-        self.space = space
-        self.reads = reads
-        self._create = space.client.register_script(CREATE_LUA)
-        self._update = space.client.register_script(UPDATE_LUA)
+    def __init__(self, **keyspace: Any) -> None:
+        super().__init__(**keyspace)
+        self._create = self.client.register_script(CREATE_LUA)
+        self._update = self.client.register_script(UPDATE_LUA)
 
     def create(
         self,
@@ -54,13 +52,12 @@ class Writes:
         the due set as "being published" until :meth:`JobStore.published` confirms its message;
         if that never comes, a dispatcher publishes it after ``redispatch_ms``.
         """
-        space = self.space
-        now = space.clock()
+        now = self.clock()
         now_iso = utc_iso(now)
         job_id = job_id or uuid.uuid4().hex
         status = Status.SCHEDULED if run_at_s is not None else Status.QUEUED
         created_ms = int(now * 1000)
-        due_ms = str(created_ms + space.redispatch_ms if run_at_s is None else int(run_at_s * 1000))
+        due_ms = str(created_ms + self.redispatch_ms if run_at_s is None else int(run_at_s * 1000))
         record: dict[str, Any] = {
             "id": job_id,
             "room_id": room_id,
@@ -82,25 +79,25 @@ class Writes:
             record["_due"] = int(due_ms)
         stored_id = self._create(
             keys=[
-                space.key("job", job_id),
-                space.key("idem", idempotency_key or "-"),
-                space.key("jobs"),
-                space.key("room", room_id),
-                space.key("status", status.value),
-                space.key("due"),
+                self.key("job", job_id),
+                self.key("idem", idempotency_key or "-"),
+                self.key("jobs"),
+                self.key("room", room_id),
+                self.key("status", status.value),
+                self.key("due"),
             ],
             args=[
                 job_id,
                 json.dumps(record, separators=(",", ":")),
-                space.ttl_s,
+                self.ttl_s,
                 created_ms,
                 "1" if idempotency_key else "0",
                 due_ms,
-                space.prefix,
+                self.prefix,
             ],
         ).decode()
         if stored_id != job_id:
-            existing = self.reads.get(stored_id)
+            existing = self.get(stored_id)
             if existing is not None:
                 return existing, False
         return Job.from_dict(record), True
@@ -126,8 +123,7 @@ class Writes:
         ``metrics`` are increments of the shared metrics hash, added in the same round trip
         whether or not the change applies.
         """
-        space = self.space
-        now = space.clock()
+        now = self.clock()
         patch = {**patch, "updated_at": utc_iso(now), "_touched": int(now * 1000)}
         if "status" in patch and Status(patch["status"]).terminal:
             patch.setdefault("finished_at", patch["updated_at"])
@@ -139,10 +135,10 @@ class Writes:
         if renew_lease_s is not None:
             lease = str(int(renew_lease_s * 1000))
         result = self._update(
-            client=own_client(space.client),
-            keys=[space.key("job", job_id), space.key("lease", job_id)],
+            client=own_client(self.client),
+            keys=[self.key("job", job_id), self.key("lease", job_id)],
             args=[
-                space.prefix,
+                self.prefix,
                 job_id,
                 allowed,
                 json.dumps(patch, separators=(",", ":")),
@@ -150,8 +146,8 @@ class Writes:
                 "1" if count_attempt else "0",
                 due,
                 lease,
-                int((now - space.ttl_s) * 1000),
-                space.key("metrics") if metrics else "",
+                int((now - self.ttl_s) * 1000),
+                self.key("metrics") if metrics else "",
                 *(x for pair in (metrics or {}).items() for x in pair),
             ],
         )
