@@ -15,15 +15,12 @@ import redis
 import tasks
 from tasks.sandbox.server import SandboxServer
 from tests.conftest import RedisServer, WorkerProcess, finished, reset_process, wait_for
+from tests.integration.test_faults import FAULT_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 StartWorker = Callable[..., WorkerProcess]
-ENV = {
-    "RECORDER_SWEEP_INTERVAL": "1",
-    "RECORDER_INLINE_WAIT_MAX": "1",
-    "RECORDER_READ_TIMEOUT": "3",
-}
+ENV = FAULT_ENV
 
 
 class Filler:
