@@ -54,13 +54,6 @@ class Context:
             "BENCH_SECRET": SECRET,
         }
 
-    @property
-    def redis_pid(self) -> int:
-        """redis-server's pid (this machine's; 0, so no CPU figure, if Redis runs elsewhere)."""
-        info = self.ours_db.info("server")
-        local = os.path.exists(f"/proc/{info.get('process_id', 0)}/stat")
-        return int(info["process_id"]) if local else 0
-
     def jobs(self, full: int, minimum: int = 20) -> int:
         return max(minimum, round(full * self.scale))
 
@@ -70,18 +63,11 @@ class Context:
 
     def use_ours(self, env: dict[str, str]) -> None:
         """Make this process a producer with ``env`` (our settings are read once, so reset)."""
-        from tasks import runtime
-
         # drop the previous run's overrides (pool, concurrency) before applying these
         for name in ("RECORDER_POOL", "RECORDER_CONCURRENCY"):
             os.environ.pop(name, None)
         os.environ.update(env)
-        runtime.reset()
-        plain = sys.modules.get("tests.benchmarks.plain_celery")
-        if plain is not None:
-            # runtime.reset() closes every kombu pool in the process, the plain app's too
-            plain.app._pool = None
-            plain.app.amqp._producer_pool = None
+        _reload_ours()
 
     def wait_progress(
         self,
@@ -108,6 +94,23 @@ class Context:
             time.sleep(interval_s)
 
 
+def _reload_ours() -> None:
+    """Read our settings and the Celery app's configuration again from the environment.
+
+    ``worker.config`` reads the environment when first imported (here, through tests.conftest,
+    before ``run.py`` sets ``REDIS_URL``), and ``runtime.reset()`` reloads our settings only:
+    without ``reconfigure`` the app would publish to, and ping workers on, the default db.
+    """
+    from tasks import runtime
+    from worker.app import app
+    from worker.config import reconfigure
+
+    runtime.reset()
+    reconfigure(app)
+    if app.conf.broker_url != runtime.config().redis_url:  # never publish into another db
+        raise RuntimeError(f"the Celery app's broker is {app.conf.broker_url}, not REDIS_URL")
+
+
 def log(message: str) -> None:
     """Progress goes to stderr, so stdout holds only the table."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -116,9 +119,9 @@ def log(message: str) -> None:
 def _enqueue_ours(env: dict[str, str], rooms: Sequence[str]) -> float:
     """In a spawned process: enqueue_recording each room; returns the seconds it took."""
     os.environ.update(env)
-    from tasks import enqueue_recording, runtime
+    from tasks import enqueue_recording
 
-    runtime.reset()
+    _reload_ours()
     started = time.perf_counter()
     for room in rooms:
         enqueue_recording(room)
@@ -131,7 +134,7 @@ def _create_records(env: dict[str, str], rooms: Sequence[str]) -> float:
     from tasks import runtime
     from tasks.request import RecordingRequest
 
-    runtime.reset()
+    _reload_ours()
     store = runtime.store()
     started = time.perf_counter()
     for room in rooms:

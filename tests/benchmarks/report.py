@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-ENQUEUE_MIN = 0.7
-DRAIN_MIN = 0.85
+ENQUEUE_MIN = 0.5
+#: CPU per job in the drains (workers + Redis), ours over plain Celery: at most this
+CPU_MAX = 1.5
 API_LATENCY_MIN_PER_S = 95.0
 BYTES_PER_JOB_MAX = 1536
 
@@ -130,8 +131,9 @@ def _drain_rows(rows: Sequence[dict[str, Any]], pool: str = "") -> list[list[Any
             r["drain_s"],
             r["lag_ms"],
             r["worker_cpu_ms_per_job"],
-            r["sandbox_cpu_ms_per_job"],
             r.get("redis_cpu_ms_per_job"),
+            r.get("cpu_ms_per_job"),
+            r["sandbox_cpu_ms_per_job"],
             "ok" if not r["problems"] else "; ".join(r["problems"]),
         ]
         for r in rows
@@ -146,9 +148,10 @@ DRAIN_HEAD = [
     "jobs/s",
     "drain_s",
     "lag_ms",
+    "worker_ms/job",
+    "redis_ms/job",
     "cpu_ms/job",
     "sandbox_ms/job",
-    "redis_ms/job",
     "check",
 ]
 
@@ -158,24 +161,40 @@ def _drain(s: dict[str, Any]) -> str:
     ratios = []
     for pool, block in s["pools"].items():
         rows += _drain_rows(block["rows"], pool)
-        r = block["ours_over_plain"]
-        rounds = ", ".join(f"{x:.2f}" for x in block.get("rounds_ours_over_plain", []))
-        overall = block.get("all_jobs_ours_over_plain", r)
-        ratios.append(
-            f"  {pool}: ours / plain Celery = {r:.2f} (median of rounds {rounds}; all jobs over "
-            f"all time {overall:.2f}; target >= {DRAIN_MIN}) {verdict(r >= DRAIN_MIN)}"
-            f";  ours / Dramatiq = {block['ours_over_dramatiq']:.2f}"
-        )
+        ratios.append(_drain_ratios(pool, block))
     return (
-        f"3. Drain throughput ({s['jobs']:,} jobs queued first, then the workers released, "
+        f"3. Drain ({s['jobs']:,} jobs queued first, then the workers released, "
         f"{s.get('rounds', 1)} rounds taking turns; no API latency; our rate limit 100000/s)\n"
+        "  jobs/s = jobs / (first API call -> last answer); lag = release -> first call\n"
+        "  CPU per job, user+sys from just before the release to the last job done: worker = "
+        "each worker process and its descendants (/proc), redis = redis-server (INFO cpu, the "
+        "whole server), cpu = worker + redis (the figure compared); the sandbox's apart, not "
+        "counted; the producer not counted (jobs queued before)\n"
         "  a ratio: the median of the rounds' ratios (each round's drains ran next to each "
-        "other)\n"
-        "  jobs/s = jobs / (first API call -> last answer); lag = release -> first call; "
-        "cpu = user+sys CPU per job of the workers, the sandbox and redis-server\n"
+        "other), then the figure over all rounds together\n"
         + table(DRAIN_HEAD, rows)
         + "\n"
         + "\n".join(ratios)
+    )
+
+
+def _drain_ratios(pool: str, block: dict[str, Any]) -> str:
+    def rounds(key: str) -> str:
+        return ", ".join(f"{x:.2f}" for x in block.get(key, []))
+
+    cpu = block["cpu_ours_over_plain"]
+    rate = block["ours_over_plain"]
+    per_job = block["cpu_ms_per_job"]
+    return (
+        f"  {pool}: CPU per job ours / plain Celery = {cpu:.2f} "
+        f"({per_job['ours']:.3f} / {per_job['plain']:.3f} ms over all rounds; median of rounds "
+        f"{rounds('rounds_cpu_ours_over_plain')}; all jobs "
+        f"{block['all_jobs_cpu_ours_over_plain']:.2f}; target <= {CPU_MAX}) "
+        f"{verdict(cpu <= CPU_MAX)};  ours / Dramatiq = {block['cpu_ours_over_dramatiq']:.2f}\n"
+        f"  {' ' * len(pool)}  throughput ours / plain Celery = {rate:.2f} (median of rounds "
+        f"{rounds('rounds_ours_over_plain')}; all jobs "
+        f"{block['all_jobs_ours_over_plain']:.2f}; for information, no longer a target)"
+        f";  ours / Dramatiq = {block['ours_over_dramatiq']:.2f}"
     )
 
 
