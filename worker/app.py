@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-app = Celery("videosdk-recorder")
+app = Celery("videosdk-recorder", events="worker.events:RecorderEvents")
 app.config_from_object("worker.config:CELERY_SETTINGS")
 app.steps["worker"].add("worker.bootsteps:DueJobDispatcher")
+app.steps["consumer"].add("worker.events:EventFlush")
