@@ -65,12 +65,7 @@ def store() -> JobStore:
     s = settings()
     return _once(
         "store",
-        lambda: JobStore(
-            client=redis_conn(),
-            prefix=s.key_prefix,
-            ttl_s=s.job_ttl_s,
-            redispatch_ms=int(s.redispatch_after_s * 1000),
-        ),
+        lambda: JobStore(client=redis_conn(), prefix=s.key_prefix, ttl_s=s.job_ttl_s),
     )
 
 

@@ -71,7 +71,6 @@ class Settings:
     backoff_max_s: float = 60.0
     retry_after_max_s: float = 3600.0
     job_ttl_s: int = 30 * 24 * 3600
-    redispatch_after_s: float = 30.0
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     inline_wait_max_s: float = 3.0
@@ -136,7 +135,6 @@ class Settings:
             sweep_interval_s=_number(env, "RECORDER_SWEEP_INTERVAL", 10.0, float, minimum=0.2),
             backoff_max_s=_number(env, "RECORDER_BACKOFF_MAX", 60.0, float, minimum=0.0),
             job_ttl_s=_number(env, "RECORDER_JOB_TTL", 30 * 24 * 3600, int, minimum=60),
-            redispatch_after_s=_number(env, "RECORDER_REDISPATCH_AFTER", 30.0, float, minimum=1.0),
             connect_timeout_s=_number(env, "RECORDER_CONNECT_TIMEOUT", 5.0, float, minimum=0.1),
             read_timeout_s=_number(env, "RECORDER_READ_TIMEOUT", 30.0, float, minimum=0.1),
             inline_wait_max_s=_number(env, "RECORDER_INLINE_WAIT_MAX", 3.0, float, minimum=0.0),

@@ -8,7 +8,7 @@ import redis
 
 from tasks.job import Status
 from tasks.store.connections import own_client
-from tasks.store.jobs import REDISPATCH_MS, Claim, JobStore
+from tasks.store.jobs import Claim, JobStore
 from tasks.store.ratelimit import RedisRateLimiter
 
 
@@ -212,26 +212,14 @@ def test_cancelled_jobs_are_never_dispatched(store: JobStore, clock: Clock) -> N
     assert store.pop_due() == []
 
 
-def test_a_new_queued_job_waits_in_the_due_set_until_its_publish_is_confirmed(
+def test_a_new_queued_job_is_not_in_the_due_set_and_a_scheduled_one_is(
     store: JobStore, clock: Clock, rdb: redis.Redis
 ) -> None:
-    job, created = store.create(room_id="r", request={}, idempotency_key="k", job_id="job-1")
-    assert created and rdb.zscore("t:due", "job-1") == clock.now * 1000 + REDISPATCH_MS
-    assert store.pop_due() == []  # a producer is publishing it
-    assert store.claim("job-1", token="h:1:2:a", lease_s=5).kind == "claimed"  # not "not due"
-    again, created = store.create(room_id="r", request={}, idempotency_key="k", job_id="job-2")
-    assert not created and again.id == "job-1" and rdb.exists("t:job:job-2") == 0
-    assert rdb.zrange("t:due", 0, -1) == [b"job-1"]
-    store.published(job)
-    assert rdb.zcard("t:due") == 0
-
-
-def test_a_job_whose_publish_was_never_confirmed_goes_to_a_dispatcher(
-    store: JobStore, clock: Clock
-) -> None:
-    job_id = new(store)  # and its producer died before publishing
-    clock.now += REDISPATCH_MS / 1000 + 0.001
-    assert [item[0] for item in store.pop_due()] == [job_id]
+    new(store)  # its message is the producer's to publish
+    scheduled = new(store, run_at_s=clock.now + 60)
+    assert rdb.zrange("t:due", 0, -1, withscores=True) == [
+        (scheduled.encode(), (clock.now + 60) * 1000)
+    ]
 
 
 def test_sweep_finds_a_claimed_job_whose_holder_died(
@@ -265,9 +253,8 @@ def test_sweep_republishes_a_queued_job_only_after_the_quiet_period_and_once(
 
 
 def confirmed(store: JobStore, clock: Clock) -> str:
-    """A queued job whose message was published (its publish confirmed), as at enqueue."""
+    """A queued job, as the producer stores it before publishing its message."""
     job, _ = store.create(room_id="r", request={"roomId": "r"})
-    store.published(job)
     return job.id
 
 

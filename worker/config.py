@@ -142,9 +142,8 @@ def _beat_config(s: Settings) -> dict[str, object]:
 def reconfigure(app: Any) -> None:
     """Load the settings again into ``app``.
 
-    Production processes read the environment once; tests and the demo change it within one
-    process. :func:`worker.publish.publish_job` takes its producer from kombu's pools, which
-    are keyed by broker URL, so a publish after this goes to the new one.
+    Production processes read the environment once; the demo changes it within one process,
+    before anything is published (Celery builds its producer pool on the first publish).
     """
     settings.cache_clear()
     app.conf.update(celery_config(settings()))

@@ -1,8 +1,8 @@
 """A job's Celery message: its one shape, publishing it, and the queue it waits in.
 
-Messages are built and sent by Celery itself (``app.send_task``) on a producer from kombu's
-public pools, which are keyed by broker URL (so a process that reconfigures publishes to the new
-one). The task id is the job id, so Flower's task page and our job record name the same thing.
+Messages are built and sent by Celery itself (``app.send_task``, on the app's producer pool, as
+``Task.delay`` does). The task id is the job id, so Flower's task page and our job record name
+the same thing.
 
 It imports nothing of ``tasks`` (whose public API imports it), so either can be imported first;
 a failed publish is a ``ConnectionError``, which the producer and the dispatcher handle.
@@ -15,14 +15,11 @@ from typing import Any
 import redis
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import ChannelError, OperationalError
-from kombu.pools import producers
 
 from worker.app import app
 
 #: the task's name (fixed by the contract): producers publish by name, never importing the task
 TASK_NAME = "tasks.start_recording"
-#: how long a publish may wait for a pooled producer before it counts as a broker failure
-ACQUIRE_TIMEOUT_S = 10.0
 BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
 
 
@@ -42,9 +39,7 @@ def send_task_options(job_id: str, room_id: str) -> dict[str, Any]:
 def publish_job(job_id: str, room_id: str) -> None:
     """Put one delivery of the job on the queue; raises ConnectionError when Redis fails."""
     try:
-        pool = producers[app.connection_for_write()]
-        with pool.acquire(block=True, timeout=ACQUIRE_TIMEOUT_S) as producer:
-            app.send_task(**send_task_options(job_id, room_id), producer=producer)
+        app.send_task(**send_task_options(job_id, room_id))
     except BROKER_ERRORS as exc:
         raise ConnectionError(f"the job's message was not published: {exc}") from exc
 

@@ -3,10 +3,11 @@
 Works with any ``publish(job_id, room_id)`` (the public API passes Celery's, ``worker.publish``;
 beat passes the same), so it is tested without Celery and imports none of it.
 
-A new job due now is stored, published, then confirmed (:meth:`JobStore.published`). A producer
-that dies between the store and the confirmation leaves the job in the due set, where a
-dispatcher publishes it within ``REDISPATCH_MS``; a second message is harmless (the claim
-skips a job that another delivery holds or has finished).
+A new job due now is stored, then published. A producer that dies in between (or whose publish
+fails) leaves a ``queued`` job with no message; the sweeper of every worker's dispatcher finds
+it (its message is evidently gone: the queue is empty, or jobs stored after it have been
+claimed) and publishes it, within about 25 s of that evidence (``tasks.delivery.dispatcher``).
+A second message is harmless: the claim skips a job another delivery holds or has finished.
 """
 
 from __future__ import annotations
@@ -75,14 +76,13 @@ class Producer:
         return job
 
     def _publish_new(self, job: Job) -> None:
-        """Publish a new job's message; if that fails, a dispatcher publishes it later."""
+        """Publish a new job's message; if that fails, the sweeper publishes it later."""
         try:
             self.publish(job.id, job.room_id)
-            self.store.published(job)
         except (redis.RedisError, OSError) as exc:  # OSError: ConnectionError of a publish
-            # stored with its due entry: it is not lost, only later (REDISPATCH_MS)
+            # stored: it is not lost, only later (the sweeper finds a job with no message)
             logger.warning(
-                "job %s stored, its message not yet published (a dispatcher will): %s",
+                "job %s stored, its message not yet published (the sweeper will): %s",
                 job.id,
                 exc,
                 extra={"job_id": job.id, "room_id": job.room_id},

@@ -13,8 +13,7 @@ key                             type    holds (written by)
 ``{p}:room:{room_id}``          zset    the room's job ids by creation ms; expires with the newest
 ``{p}:status:{status}``         zset    job ids in that status, by creation ms
 ``{p}:due``                     zset    ids waiting for a time, by due ms: scheduled jobs,
-                                        deferred retries, and new jobs until their message is
-                                        confirmed published (``due``)
+                                        deferred retries, stranded jobs found by the sweeper
 ``{p}:lease:{id}``              string  the token of the delivery working on the job; short PX
 ``{p}:held``                    zset    ids of jobs a delivery has claimed, by claim ms
 ``{p}:lock:sweep``              string  one dispatcher sweeps at a time; PX of a sweep interval

@@ -1,9 +1,9 @@
 """Due set: the jobs waiting for a time in ``{p}:due``, and how they get (back) onto the queue.
 
-Scheduled and deferred jobs wait there until their time; a newly created queued job waits there
-as "being published" until its message is confirmed (:meth:`DueSet.published`). Dispatchers take
-due jobs with :meth:`DueSet.pop` and confirm them with :meth:`DueSet.dispatched`, and the
-sweeper (:meth:`DueSet.sweep`) puts stranded jobs back in. The key schema is in
+Scheduled and deferred jobs wait there until their time. Dispatchers take due jobs with
+:meth:`DueSet.pop_due` and confirm them with :meth:`DueSet.dispatched`, and the sweeper
+(:meth:`DueSet.sweep`) puts stranded jobs back in: among them a new job whose producer died
+before publishing it. The key schema is in
 :mod:`tasks.store.jobs`.
 """
 
@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from tasks.job import Job, Status, utc_iso
-from tasks.store.keyspace import REDISPATCH_MS, Keyspace
+from tasks.job import Status, utc_iso
+from tasks.store.keyspace import Keyspace
 from tasks.store.scripts import DISPATCHED_LUA, POP_DUE_LUA, SWEEP_LUA
 
-__all__ = ["REDISPATCH_MS", "DueSet"]
+#: a job a dispatcher took from the due set but did not confirm as published (it died in
+#: between) is handed out again after this long
+REDISPATCH_MS = 30_000
 
 
 class DueSet(Keyspace):
@@ -27,10 +29,6 @@ class DueSet(Keyspace):
         self._pop_due = self.client.register_script(POP_DUE_LUA)
         self._dispatched = self.client.register_script(DISPATCHED_LUA)
         self._sweep = self.client.register_script(SWEEP_LUA)
-
-    def published(self, job: Job) -> None:
-        """Confirm that a job the store created as queued has its message on the queue."""
-        self.dispatched([(job.id, job.room_id, int(job.extra["_ts"]) + self.redispatch_ms)])
 
     def sweep(
         self,
@@ -80,9 +78,9 @@ class DueSet(Keyspace):
         now_ms = int(self.clock() * 1000)
         flat = self._pop_due(
             keys=[self.key("due")],
-            args=[now_ms, limit, self.redispatch_ms, self.prefix, utc_iso(now_ms / 1000)],
+            args=[now_ms, limit, REDISPATCH_MS, self.prefix, utc_iso(now_ms / 1000)],
         )
-        token = now_ms + self.redispatch_ms
+        token = now_ms + REDISPATCH_MS
         return [(flat[i].decode(), flat[i + 1].decode(), token) for i in range(0, len(flat), 2)]
 
     def dispatched(self, items: Iterable[tuple[str, str, int]]) -> None:

@@ -42,5 +42,5 @@ class JobStore(Writes, Claims, DueSet):
 
     Made of its parts, one concern each: ``Writes`` (create, update) on ``Reads`` (get, list,
     counts), ``Claims`` and the ``DueSet``, sharing one ``Keyspace`` (client, prefix,
-    ``ttl_s``, clock, ``redispatch_ms``).
+    ``ttl_s``, clock).
     """

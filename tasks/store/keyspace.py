@@ -11,17 +11,9 @@ from collections.abc import Callable
 
 import redis
 
-#: a job whose message is not confirmed as published within this long is published again by a
-#: dispatcher (a producer or dispatcher that died between storing and publishing); the default
-#: of ``RECORDER_REDISPATCH_AFTER``
-REDISPATCH_MS = 30_000
-
 
 class Keyspace:
-    """The job store's Redis client, key prefix (``recorder`` by default), ``ttl_s`` and clock.
-
-    ``redispatch_ms``: how long a job may wait for its publish to be confirmed.
-    """
+    """The job store's Redis client, key prefix (``recorder`` by default), ``ttl_s`` and clock."""
 
     def __init__(
         self,
@@ -30,13 +22,11 @@ class Keyspace:
         prefix: str = "recorder",
         ttl_s: int = 30 * 24 * 3600,
         clock: Callable[[], float] = time.time,
-        redispatch_ms: int = REDISPATCH_MS,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.clock = clock
-        self.redispatch_ms = redispatch_ms
 
     def key(self, kind: str, name: str = "") -> str:
         """The one place Redis keys are built: ``{prefix}:{kind}[:{name}]``."""

@@ -11,11 +11,9 @@ from tasks.store.ratelimit import GCRA_LUA
 # KEYS[1] job, KEYS[2] idem (a placeholder when none), KEYS[3] jobs, KEYS[4] room,
 # KEYS[5] status index, KEYS[6] due
 # ARGV[1] id, ARGV[2] record, ARGV[3] ttl_s, ARGV[4] created ms, ARGV[5] "1" if idempotent,
-# ARGV[6] due ms, ARGV[7] prefix
-# The job enters the due set with the record: a scheduled job at its time (the record's ``_due``),
-# a queued one as "being published" (no ``_due``; the producer confirms with DISPATCHED_LUA once
-# its message is on the queue, and a producer that died first leaves it for a dispatcher to
-# publish when ARGV[6] comes). So no job is stored without a way onto the queue.
+# ARGV[6] due ms ("" = due now), ARGV[7] prefix
+# A scheduled job enters the due set with its record; a queued one is published by the caller
+# afterwards (a caller that dies first leaves the job for the sweeper: SWEEP_LUA).
 # Returns the id of the job now stored for that key: ARGV[1], or the existing one.
 CREATE_LUA = """
 if ARGV[5] == '1' then
@@ -33,7 +31,7 @@ for i = 3, 5 do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', cutoff)
 end
 redis.call('EXPIRE', KEYS[4], ARGV[3])
-redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1])
+if ARGV[6] ~= '' then redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1]) end
 return ARGV[1]
 """
 

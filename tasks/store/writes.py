@@ -48,16 +48,15 @@ class Writes(Reads):
         """Store a new ``queued`` (or, with ``run_at_s``, ``scheduled``) job.
 
         Returns ``(job, True)``, or ``(existing_job, False)`` when the idempotency key already
-        names a live job; the check and the write are one atomic step. A new queued job waits in
-        the due set as "being published" until :meth:`JobStore.published` confirms its message;
-        if that never comes, a dispatcher publishes it after ``redispatch_ms``.
+        names a live job; the check and the write are one atomic step. The caller publishes a
+        queued job's message; if it dies first, the sweeper finds the job (``DueSet.sweep``).
         """
         now = self.clock()
         now_iso = utc_iso(now)
         job_id = job_id or uuid.uuid4().hex
         status = Status.SCHEDULED if run_at_s is not None else Status.QUEUED
         created_ms = int(now * 1000)
-        due_ms = str(created_ms + self.redispatch_ms if run_at_s is None else int(run_at_s * 1000))
+        due_ms = "" if run_at_s is None else str(int(run_at_s * 1000))
         record: dict[str, Any] = {
             "id": job_id,
             "room_id": room_id,

@@ -1,8 +1,8 @@
 """A producer that dies between storing a job and publishing its message loses nothing.
 
-The job is stored with a due entry ("being published"); the producer publishes with Celery's
-``send_task`` and then clears it. Killed in between, the job waits in Redis until a dispatcher
-publishes it (``RECORDER_REDISPATCH_AFTER``), and it runs once.
+The job is stored, then published with Celery's ``send_task``. Killed in between, the producer
+leaves a queued job with no message: the sweeper finds it (the queue is empty) and publishes it,
+and it runs once.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 import redis
 
 import tasks
+from tasks.delivery.dispatcher import LOST_QUIET_S
 from tasks.sandbox.server import SandboxServer
 from tests.conftest import ROOT, WorkerProcess, finished, wait_for
 
@@ -37,7 +38,7 @@ def test_a_job_whose_producer_died_before_publishing_runs_once(
     sandbox: SandboxServer,
     rdb: redis.Redis,
 ) -> None:
-    env = {**recorder_env, "RECORDER_REDISPATCH_AFTER": "2"}
+    env = dict(recorder_env)
     # Given a producer killed after storing the job, before its message was published
     proc = subprocess.run(
         [sys.executable, "-c", DIES_BEFORE_PUBLISHING], cwd=ROOT, env=env, timeout=60
@@ -46,8 +47,8 @@ def test_a_job_whose_producer_died_before_publishing_runs_once(
     (job,) = tasks.list_jobs(room_id="room-orphan")
     assert job.status.value == "queued" and rdb.llen("recorder") == 0
     # When a worker runs, its dispatcher publishes the job
-    start_worker(RECORDER_REDISPATCH_AFTER="2")
+    start_worker(RECORDER_SWEEP_INTERVAL="1")
     # Then the job runs, once
-    (done,) = wait_for(lambda: finished([job.id]), timeout_s=30)
+    (done,) = wait_for(lambda: finished([job.id]), timeout_s=LOST_QUIET_S + 15)
     assert done.status.value == "succeeded" and done.attempts == 1
     assert [c["room_id"] for c in sandbox.calls()] == ["room-orphan"]
