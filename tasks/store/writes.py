@@ -77,6 +77,7 @@ class Writes(Reads):
         if run_at_s is not None:
             record["_due"] = int(due_ms)
         stored_id = self._create(
+            client=own_client(self.client),
             keys=[
                 self.key("job", job_id),
                 self.key("idem", idempotency_key or "-"),

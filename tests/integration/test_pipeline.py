@@ -171,3 +171,20 @@ def test_a_worker_without_credentials_stops_at_start_up_with_one_line(
     )
     assert proc.returncode != 0
     assert "VIDEOSDK_SECRET (or VIDEOSDK_SECRET_FILE) is not set" in proc.stderr
+
+
+@pytest.mark.parametrize("api_base", ["127.0.0.1:8080", "ftp://api.example.com"])
+def test_a_worker_with_a_malformed_api_base_stops_at_start_up_naming_the_variable(
+    recorder_env: dict[str, str], api_base: str
+) -> None:
+    env = {**os.environ, **recorder_env, "VIDEOSDK_API_BASE": api_base}
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "VIDEOSDK_API_BASE must be an http:// or https:// URL with a host" in proc.stderr
