@@ -38,14 +38,15 @@ from tests.benchmarks.harness import CeleryWorkers, Processes, Sandbox  # noqa: 
 #: (label, substring of a collapsed frame "function (file:line)"): each sample goes to the FIRST
 #: category any of its frames matches, so the shares add up to 100%.
 CATEGORIES = [
-    ("HTTP call: ApiClient.start_recording", "start_recording (tasks/client.py"),
+    ("HTTP call: ApiClient.start_recording", "start_recording (tasks/videosdk/client.py"),
     ("HTTP call: plain post_start", "post_start (tests/benchmarks/plain_celery.py"),
-    ("metrics", "tasks/metrics.py"),
-    ("job store: claim / update scripts", "tasks/store.py"),
-    ("rate limiter: acquire script", "tasks/ratelimit.py"),
+    ("metrics", "tasks/store/metrics.py"),
+    ("job store: claim / update scripts", "tasks/store/"),
     ("logging: any log line", "logging/__init__.py"),
     ("Celery task events (EventDispatcher)", "celery/events/dispatcher.py"),
-    ("runner: the rest (tenacity, Job, uuid, ...)", "tasks/runner.py"),
+    ("delivery: the rest (tenacity, Job, uuid, ...)", "tasks/delivery/"),
+    ("our task: outcome to Celery state", "worker/task.py"),
+    ("dispatcher and sweeper thread", "tasks/delivery/dispatcher.py"),
     ("kombu: ack", "ack (kombu/message.py"),
     ("Celery consumer: receive, reserve, dispatch", "celery/worker/consumer"),
     ("Celery: task tracer", "celery/app/trace.py"),
