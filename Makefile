@@ -26,6 +26,10 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python tests/benchmarks/run.py
 
+.PHONY: soak
+soak: $(STAMP)  # 5 full soak runs (1,000 jobs, workers SIGKILLed, Redis restarted), ~5 min
+	$(BIN)/python tests/benchmarks/soak.py --runs 5 --pool both
+
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -144,8 +145,9 @@ class CeleryProcess:
         full_env = {**base, **env, "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "celery", "-A", app, kind, *args]
         self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
+        # its own process group, so kill_group() reaches a prefork worker's children too
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, process_group=0
         )
 
     @property
@@ -165,6 +167,13 @@ class CeleryProcess:
 
         wait_for(seen, timeout_s=timeout_s, interval_s=0.1)
         return self
+
+    def kill_group(self, sig: int = signal.SIGKILL, timeout_s: float = 10.0) -> int:
+        """Send ``sig`` to the whole process group (a prefork worker's children too) and reap
+        the leader; its children, orphaned, are reaped by init."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        return self.proc.wait(timeout_s)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
         if self.proc.poll() is None:
