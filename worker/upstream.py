@@ -8,6 +8,15 @@ load). Guarded, it loses nothing: the messages stay in kombu's unacked index, it
 ``restore_visible`` returns them after the visibility timeout, and our dispatcher's sweep puts
 their jobs back sooner (``tasks.delivery.dispatcher``).
 
+**The same bug, one step later: an ack on the closed channel.** A task that finishes after the
+connection was lost is acked on the channel it was delivered on, which kombu closed: its
+``connection`` is None, and ``QoS.ack`` (or ``reject``) raises ``AttributeError: 'NoneType'
+object has no attribute 'client'`` from ``_connparams``, which Celery's ``ack_log_error`` does
+not catch, so the worker stops (seen here in every Redis restart whose first error was the one
+above: 19 of 19 such workers in the soak). Guarded, such an ack is skipped and logged: the
+message stays in the unacked index and comes back after the visibility timeout, when its claim
+finds the job finished (the outcome is written before the ack) and makes no call.
+
 :func:`apply` is called by the worker at start-up (``worker.signals``), never at import, so
 producers, beat and Flower run kombu exactly as shipped. ``tests/test_upstream.py`` fails when
 the guard stops being applied in a worker, and when kombu renames what it wraps.
@@ -49,13 +58,44 @@ def guarded_restore_unacked(original: Callable[..., Any]) -> Callable[..., Any]:
     return restore_unacked
 
 
+def guarded_on_closed_channel(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``original`` (kombu's ``QoS.ack`` or ``reject``), skipped on a channel kombu closed."""
+
+    @functools.wraps(original)
+    def on_delivery(self: Any, delivery_tag: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, delivery_tag, *args, **kwargs)
+        except AttributeError:
+            if getattr(self.channel, "connection", None) is not None:
+                raise  # not the closed channel: a bug to see
+            logger.warning(
+                "kombu: %s of message %s skipped, its channel closed with the lost connection "
+                "(kombu#970); it returns after the visibility timeout, its job already written",
+                original.__name__,
+                delivery_tag,
+            )
+            return None
+
+    setattr(on_delivery, GUARDED, True)
+    return on_delivery
+
+
+#: what is guarded: kombu's Redis ``QoS`` method name, and the guard that wraps it
+GUARDS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "restore_unacked": guarded_restore_unacked,
+    "ack": guarded_on_closed_channel,
+    "reject": guarded_on_closed_channel,
+}
+
+
 def apply() -> None:
-    """Guard kombu's Redis ``QoS.restore_unacked`` in this process (idempotent)."""
-    current = kombu_redis.QoS.restore_unacked
-    if not getattr(current, GUARDED, False):
-        kombu_redis.QoS.restore_unacked = guarded_restore_unacked(current)  # type: ignore[method-assign]
+    """Guard kombu's Redis ``QoS`` methods of :data:`GUARDS` in this process (idempotent)."""
+    for name, guard in GUARDS.items():
+        current = getattr(kombu_redis.QoS, name)
+        if not getattr(current, GUARDED, False):
+            setattr(kombu_redis.QoS, name, guard(current))
 
 
 def applied() -> bool:
     """Whether :func:`apply` has run in this process."""
-    return bool(getattr(kombu_redis.QoS.restore_unacked, GUARDED, False))
+    return all(getattr(getattr(kombu_redis.QoS, name), GUARDED, False) for name in GUARDS)

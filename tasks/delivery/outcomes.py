@@ -2,7 +2,8 @@
 
 ``retrying`` (the job waits for its next attempt), deferred (the job waits in the store's due
 set, lease given up), ``succeeded`` and ``failed``. Each is written through :meth:`Outcomes.apply`,
-which rides out a Redis restart (:data:`STORE_RETRY`) and raises :class:`LeaseLost` when the job
+which rides out a Redis restart (``through_outage``: without that the job would wait for the
+sweeper after its lease expired) and raises :class:`LeaseLost` when the job
 was cancelled or taken over meanwhile.
 """
 
@@ -14,15 +15,11 @@ from tasks.delivery.leases import LeaseLost
 from tasks.delivery.state import DeliveryState, attempts_used, log_state, logger
 from tasks.errors import ApiError
 from tasks.job import Job, Status, utc_iso
-from tasks.store.connections import THROUGH_OUTAGE, TRANSIENT_ERRORS
+from tasks.store.connections import through_outage
 from tasks.store.jobs import JobStore
 
 #: statuses a delivery may move to ``running`` from.
 STARTABLE = frozenset({Status.QUEUED, Status.RETRYING, Status.RUNNING})
-
-#: store writes that end a step (retrying, deferred, finished) are retried through a Redis
-#: restart; without them the job would wait for the sweeper after its lease expired.
-STORE_RETRY = THROUGH_OUTAGE
 
 
 def _already_applied(job: Job | None, patch: dict[str, Any]) -> bool:
@@ -145,10 +142,7 @@ class Outcomes:
         """Write a change under our lease, riding out a Redis restart of up to half a minute."""
         args = (state.job.id, patch)
         kwargs.update(lease_token=state.token, metrics=state.take_pending())
-        try:
-            result = self.store.update(*args, **kwargs)
-        except TRANSIENT_ERRORS:  # tenacity only when it is needed
-            result = STORE_RETRY(self.store.update, *args, **kwargs)
+        result = through_outage(self.store.update, *args, **kwargs)
         if not result.applied and not _already_applied(result.job, patch):
             raise LeaseLost(result.reason)
         assert result.job is not None

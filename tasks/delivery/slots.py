@@ -1,7 +1,9 @@
 """Rate slots: a delivery's turn under the global rate limit, waited for in place only if short.
 
 A wait longer than a worker slot may be held defers the job (it waits in the store's due set,
-not in a worker), coming back while the rest of the wait can still be taken in place.
+not in a worker), coming back while the rest of the wait can still be taken in place. The
+limiter's calls ride out a Redis outage like the store's writes (a slot reserved twice by a
+retried call only leaves one unused).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from tasks.delivery.outcomes import Outcomes
 from tasks.delivery.state import DeliveryState
 from tasks.errors import Deferred
 from tasks.store import metrics
+from tasks.store.connections import through_outage
 from tasks.store.ratelimit import Admission, RedisRateLimiter
 
 #: short cool-downs are waited out in place at most this many times before the job is deferred.
@@ -66,7 +69,7 @@ class RateSlots:
         """
         late_s = max(0.5 / self.limiter.rate_per_s, LATE_WAKE_MIN_S)
         for _ in range(MAX_INLINE_LIMITER_WAITS):
-            admission = self.limiter.acquire(max_wait_s=self.inline_wait_max_s)
+            admission = through_outage(self.limiter.acquire, max_wait_s=self.inline_wait_max_s)
             if admission.reserved and admission.wait_s <= 0:
                 return None
             if not admission.reserved and not (
@@ -78,6 +81,9 @@ class RateSlots:
             self.sleep(admission.wait_s)
             if not admission.reserved:
                 continue  # a short shared cool-down has passed: ask again
-            if time.monotonic() - slot_at <= late_s and not self.limiter.peek().cooldown:
+            if (
+                time.monotonic() - slot_at <= late_s
+                and not through_outage(self.limiter.peek).cooldown
+            ):
                 return None
         return admission

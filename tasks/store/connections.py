@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -40,6 +42,18 @@ THROUGH_OUTAGE = Retrying(
     wait=wait_exponential(multiplier=0.1, max=2),
     reraise=True,
 )
+
+T = TypeVar("T")
+
+
+def through_outage(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, tried again through a Redis outage (:data:`THROUGH_OUTAGE`)
+    only after a first transient error: the common case costs no tenacity machinery."""
+    try:
+        return call(*args, **kwargs)
+    except TRANSIENT_ERRORS:
+        return THROUGH_OUTAGE(call, *args, **kwargs)
+
 
 _local = threading.local()
 

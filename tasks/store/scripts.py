@@ -123,8 +123,9 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
 local published = rec._touched or rec._ts
 local watermark_key = ARGV[8] .. ':claimed_pub'
+-- moved to the second only: the sweep needs no finer, and most claims then write nothing
 if published > tonumber(redis.call('GET', watermark_key) or '0') + 1000 then
-  redis.call('SET', watermark_key, published, 'EX', 86400)  -- to the second: the sweep needs no finer
+  redis.call('SET', watermark_key, published, 'EX', 86400)
 end
 if rec._holder then rec.lost_deliveries = (rec.lost_deliveries or 0) + 1 end
 rec._holder = ARGV[1]
