@@ -168,8 +168,8 @@ def run_one(
     ``deadline`` (monotonic) bounds the drain: a run cut short is judged on what arrived.
     """
     from tasks import enqueue_recording, runtime
-    from worker.app import app
     from tasks.settings import DEFAULT_QUEUE as QUEUE
+    from worker.app import app
 
     rate = UNLIMITED_PER_S if limit_per_s is None else limit_per_s
     db.flushdb()
