@@ -274,6 +274,17 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop(signal.SIGKILL)
 
 
+@pytest.fixture
+def on_private_redis(
+    private_redis: RedisServer, recorder_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> RedisServer:
+    """This process as a producer of a private Redis (``REDIS_URL``); ask for it before
+    ``start_worker``, so the workers stop before their Redis does."""
+    monkeypatch.setenv("REDIS_URL", private_redis.url)
+    reset_process()
+    return private_redis
+
+
 def max_in_any_window(times_s: Sequence[float], window_s: float = 1.0) -> int:
     """The most arrivals in any window ``[t, t + window_s)`` that starts at an arrival."""
     ordered, most, end = sorted(times_s), 0, 0

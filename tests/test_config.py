@@ -344,7 +344,7 @@ def test_the_configuration_a_worker_shows_others_holds_no_password() -> None:
     "url", ["127.0.0.1:8080", "ftp://api.example.com", "https://", "http://host:99999", "api"]
 )
 def test_a_malformed_api_base_is_a_configuration_error_naming_the_variable(url: str) -> None:
-    with pytest.raises(ConfigurationError, match="^VIDEOSDK_API_BASE must be an http"):
+    with pytest.raises(ConfigurationError, match=r"^VIDEOSDK_API_BASE must be an http"):
         from_env(VIDEOSDK_API_BASE=url)
 
 

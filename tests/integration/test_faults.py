@@ -19,7 +19,7 @@ import tasks
 from tasks import runtime
 from tasks.job import Status
 from tasks.sandbox.server import SandboxServer
-from tests.conftest import RedisServer, WorkerProcess, finished, reset_process, wait_for
+from tests.conftest import RedisServer, WorkerProcess, finished, wait_for
 from worker.publish import publish_job as publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -128,10 +128,9 @@ def test_sigterm_lets_the_call_in_flight_finish_and_its_record_be_written(
 
 
 def test_producer_gets_a_clear_error_and_nothing_half_stored_when_redis_is_down(
-    recorder_env: dict[str, str], private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+    on_private_redis: RedisServer,
 ) -> None:
-    monkeypatch.setenv("REDIS_URL", private_redis.url)
-    reset_process()
+    private_redis = on_private_redis
     private_redis.stop()
     started = time.monotonic()
     with pytest.raises(tasks.BrokerUnavailable):
@@ -142,14 +141,12 @@ def test_producer_gets_a_clear_error_and_nothing_half_stored_when_redis_is_down(
 
 
 def test_a_redis_restart_loses_no_job_and_starts_none_twice(
+    on_private_redis: RedisServer,
     start_worker: StartWorker,
     sandbox: SandboxServer,
-    private_redis: RedisServer,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given 2 jobs in flight and 20 queued on a Redis with AOF on
-    monkeypatch.setenv("REDIS_URL", private_redis.url)
-    reset_process()
+    private_redis = on_private_redis
     sandbox.faults.latency_s = 1.0
     start_worker("-c", "2", REDIS_URL=private_redis.url, **FAULT_ENV)
     ids = [tasks.enqueue_recording(f"room-{i}").id for i in range(22)]

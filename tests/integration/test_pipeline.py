@@ -157,19 +157,24 @@ def test_the_secret_appears_nowhere_in_redis_or_the_worker_log(
         assert token not in log
 
 
-def test_a_worker_without_credentials_stops_at_start_up_with_one_line(
-    recorder_env: dict[str, str],
-) -> None:
-    env = {**os.environ, **recorder_env, "VIDEOSDK_SECRET": ""}
+def worker_that_stops_at_start_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``celery -A worker worker`` with ``env`` and expect it to stop by itself."""
     proc = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "worker", "worker"],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode != 0
+    return proc
+
+
+def test_a_worker_without_credentials_stops_at_start_up_with_one_line(
+    recorder_env: dict[str, str],
+) -> None:
+    proc = worker_that_stops_at_start_up({**recorder_env, "VIDEOSDK_SECRET": ""})
     assert "VIDEOSDK_SECRET (or VIDEOSDK_SECRET_FILE) is not set" in proc.stderr
 
 
@@ -177,14 +182,5 @@ def test_a_worker_without_credentials_stops_at_start_up_with_one_line(
 def test_a_worker_with_a_malformed_api_base_stops_at_start_up_naming_the_variable(
     recorder_env: dict[str, str], api_base: str
 ) -> None:
-    env = {**os.environ, **recorder_env, "VIDEOSDK_API_BASE": api_base}
-    proc = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode != 0
+    proc = worker_that_stops_at_start_up({**recorder_env, "VIDEOSDK_API_BASE": api_base})
     assert "VIDEOSDK_API_BASE must be an http:// or https:// URL with a host" in proc.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ import redis
 
 import tasks
 from tasks.sandbox.server import SandboxServer
-from tests.conftest import RedisServer, WorkerProcess, finished, reset_process, wait_for
+from tests.conftest import RedisServer, WorkerProcess, finished, wait_for
 from tests.integration.test_faults import FAULT_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -45,16 +45,11 @@ class Filler:
 
 
 @pytest.fixture
-def small_redis(
-    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, recorder_env: dict[str, str]
-) -> Iterator[RedisServer]:
-    client = redis.Redis.from_url(private_redis.url)
+def small_redis(on_private_redis: RedisServer) -> RedisServer:
+    client = redis.Redis.from_url(on_private_redis.url)
     client.config_set("maxmemory", "20mb")
     client.close()
-    monkeypatch.setenv("REDIS_URL", private_redis.url)
-    reset_process()
-    yield private_redis
-    reset_process()
+    return on_private_redis
 
 
 def rooms_started(sandbox: SandboxServer) -> Counter[str]:

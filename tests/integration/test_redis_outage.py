@@ -23,7 +23,7 @@ import pytest
 import tasks
 from tasks.job import Job
 from tasks.sandbox.server import SandboxServer
-from tests.conftest import RedisServer, WorkerProcess, reset_process, wait_for
+from tests.conftest import RedisServer, WorkerProcess, wait_for
 from tests.integration.soak import (
     CLOCK_SLACK_S,
     describe,
@@ -56,14 +56,12 @@ OUTAGE_ENV = {"RECORDER_RATE_LIMIT": "8/s"}
 )
 def test_workers_ride_out_a_redis_outage_and_every_job_finishes_once(
     outage_s: int,
-    private_redis: RedisServer,  # first: torn down after the workers
+    on_private_redis: RedisServer,
     start_worker: Callable[..., WorkerProcess],
     sandbox: SandboxServer,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given jobs draining at about 8/s through two thread-pool workers on a Redis with AOF on
-    monkeypatch.setenv("REDIS_URL", private_redis.url)
-    reset_process()
+    private_redis = on_private_redis
     sandbox.faults.latency_s = 0.2
     sandbox.faults.latency_jitter_s = 0.2
     workers = [start_worker(REDIS_URL=private_redis.url, **OUTAGE_ENV) for _ in range(2)]

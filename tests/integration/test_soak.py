@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from tasks.sandbox.server import SandboxServer
-from tests.conftest import RedisServer, WorkerProcess, reset_process
+from tests.conftest import RedisServer, WorkerProcess
 from tests.integration.soak import POOLS, run_soak
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -27,13 +27,11 @@ FINAL_WITHIN_S = 75.0
 @pytest.mark.parametrize("pool", POOLS)
 def test_soak_no_job_stuck_no_room_twice_no_worker_down_through_kills_and_a_redis_restart(
     pool: str,
-    private_redis: RedisServer,  # first: torn down after the workers
+    on_private_redis: RedisServer,
     start_worker: Callable[..., WorkerProcess],
     sandbox: SandboxServer,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("REDIS_URL", private_redis.url)
-    reset_process()
+    private_redis = on_private_redis
     result = run_soak(
         n_jobs=JOBS,
         pool=pool,
