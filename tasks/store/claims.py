@@ -2,7 +2,7 @@
 
 A claim is one atomic script (:data:`CLAIM_LUA`): a finished, not-yet-due or leased job is left
 alone, and a free rate slot lets the claim begin the first attempt in the same round trip. The
-key schema is in :mod:`tasks.store.jobs`.
+key schema is in :mod:`tasks.store`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Scheduled and deferred jobs wait there until their time. Dispatchers take due jo
 :meth:`DueSet.pop_due` and confirm them with :meth:`DueSet.dispatched`, and the sweeper
 (:meth:`DueSet.sweep`) puts stranded jobs back in: among them a new job whose producer died
 before publishing it. The key schema is in
-:mod:`tasks.store.jobs`.
+:mod:`tasks.store`.
 """
 
 from __future__ import annotations

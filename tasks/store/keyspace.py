@@ -1,7 +1,7 @@
 """Keyspace: what every part of the job store shares, and the one place its keys are built.
 
 The Redis client, the key prefix, the records' lifetime and the clock; the key schema itself is
-described in :mod:`tasks.store.jobs`.
+described in :mod:`tasks.store`.
 """
 
 from __future__ import annotations

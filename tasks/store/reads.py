@@ -1,7 +1,7 @@
 """Reads: job records by id, newest first from an index, and counted per status.
 
 Index members whose records have expired are skipped (and trimmed before counting); the key
-schema is in :mod:`tasks.store.jobs`.
+schema is in :mod:`tasks.store`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The job store's Lua scripts: each change of a job is one atomic script, one round trip.
 
-Module constants with their KEYS and ARGV in a comment above each; :mod:`tasks.store.jobs` registers
-and calls them, and its docstring holds the key schema they share.
+Module constants with their KEYS and ARGV in a comment above each; :mod:`tasks.store` registers
+and calls them, and the key schema they share is in :mod:`tasks.store`.
 """
 
 from __future__ import annotations

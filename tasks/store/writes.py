@@ -1,7 +1,7 @@
 """Writes: a new job record, and changes of one, each one atomic script and one round trip.
 
 Every change goes through :data:`UPDATE_LUA`, which checks the current status against the
-statuses the change may start from; the key schema is in :mod:`tasks.store.jobs`.
+statuses the change may start from; the key schema is in :mod:`tasks.store`.
 """
 
 from __future__ import annotations
