@@ -89,3 +89,18 @@ def test_429_without_retry_after_halves_the_rate_then_recovers(rdb: redis.Redis)
     # the lowered rate is what admits: 20x the interval at factor 0.05
     limiter.acquire(max_wait_s=0)
     assert limiter.acquire(max_wait_s=1).wait_s > 0.1
+
+
+def test_a_zero_retry_after_still_slows_every_worker_down(rdb: redis.Redis) -> None:
+    limiter = RedisRateLimiter(client=rdb, rate_per_s=100, prefix="t")
+    limiter.on_rate_limited(0.0)
+    state = limiter.peek()
+    assert state.factor == pytest.approx(0.5, abs=0.01) and not state.cooldown
+
+
+def test_a_huge_retry_after_pauses_every_worker_for_an_hour_at_most(rdb: redis.Redis) -> None:
+    limiter = RedisRateLimiter(client=rdb, rate_per_s=100, prefix="t")
+    limiter.on_rate_limited(9_999_999_999.0)
+    state = limiter.peek()
+    assert state.cooldown and 3590 < state.wait_s <= 3600
+    assert state.factor == pytest.approx(1.0)  # a real pause does not also halve the rate

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import math
 import random
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tasks.errors import (
     AlreadyRecording,
@@ -43,7 +46,49 @@ def test_retry_after_wins_over_backoff_even_past_the_cap() -> None:
 def test_parse_retry_after_seconds() -> None:
     assert parse_retry_after("3", now_s=NOW) == 3.0
     assert parse_retry_after(" 0 ", now_s=NOW) == 0.0
-    assert parse_retry_after("-5", now_s=NOW) == 0.0
+    assert parse_retry_after("9999999999", now_s=NOW) == RETRY_AFTER_MAX_S
+
+
+@pytest.mark.parametrize("value", ["-5", "Infinity", "-inf", "1e400", "NaN"])
+def test_parse_retry_after_negative_or_not_finite_is_absent(value: str) -> None:
+    assert parse_retry_after(value, now_s=NOW) is None
+
+
+def test_a_zero_or_tiny_retry_after_waits_at_least_the_ordinary_backoff() -> None:
+    rng = random.Random(5)
+    for attempt in range(1, 6):
+        floor = min(5.0, 2.0 ** (attempt - 1)) / 2
+        assert backoff_s(attempt, backoff_max_s=5.0, retry_after_s=0.0, rng=rng) >= floor
+
+
+@given(st.text(max_size=40))
+def test_any_header_gives_absent_or_a_finite_delay_of_at_most_an_hour(value: str) -> None:
+    parsed = parse_retry_after(value, now_s=NOW)
+    assert parsed is None or (math.isfinite(parsed) and 0.0 <= parsed <= RETRY_AFTER_MAX_S)
+
+
+@given(st.floats(min_value=0, max_value=1e12, allow_nan=False))
+def test_delta_seconds_are_taken_up_to_an_hour(seconds: float) -> None:
+    assert parse_retry_after(repr(seconds), now_s=NOW) == min(seconds, RETRY_AFTER_MAX_S)
+
+
+@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(9999, 1, 1)))
+def test_http_dates_give_the_delay_until_then_within_zero_and_an_hour(moment: datetime) -> None:
+    aware = moment.replace(tzinfo=UTC, microsecond=0)
+    parsed = parse_retry_after(format_datetime(aware, usegmt=True), now_s=NOW)
+    assert parsed == pytest.approx(min(max(aware.timestamp() - NOW, 0.0), RETRY_AFTER_MAX_S))
+
+
+@given(
+    st.integers(min_value=1, max_value=20),
+    st.one_of(st.none(), st.floats(min_value=0, max_value=RETRY_AFTER_MAX_S)),
+)
+def test_every_wait_is_finite_at_least_the_jittered_step_and_at_most_an_hour(
+    attempt: int, retry_after_s: float | None
+) -> None:
+    wait = backoff_s(attempt, backoff_max_s=60.0, retry_after_s=retry_after_s)
+    assert math.isfinite(wait) and min(60.0, 2.0 ** (attempt - 1)) / 2 <= wait
+    assert wait <= max(60.0, RETRY_AFTER_MAX_S)
 
 
 def test_parse_retry_after_http_date() -> None:

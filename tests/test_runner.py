@@ -376,3 +376,19 @@ def test_a_delivery_that_always_fails_unexpectedly_ends_failed_as_internal_error
     assert job.error["type"] == "internal_error" and job.lost_deliveries == 0
     assert "InvalidSchema" in job.error["message"] and "pw@" not in job.error["message"]
     assert sandbox.calls() == []
+
+
+def test_a_throttle_answering_retry_after_zero_is_waited_out_with_the_ordinary_backoff(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    # Given an API that takes one start every 2 s and answers the rest 429 "Retry-After: 0"
+    sandbox.faults.rate_limit_per_s = 0.5
+    sandbox.faults.retry_after_s = 0.0
+    runner = make_runner(backoff_max_s=1.0)
+    assert runner.run(enqueue(store, "room-a")).word == "succeeded"
+    # Then a start refused that way waits its backoff each time, and gets through
+    job_id = enqueue(store, "room-b")
+    assert runner.run(job_id).word == "succeeded"
+    job = store.get(job_id)
+    assert job is not None and 2 <= job.attempts <= 8
+    assert [c["status"] for c in sandbox.calls()][-1] == 200

@@ -28,6 +28,10 @@ import redis
 
 from tasks.store.connections import own_client
 
+#: the longest shared cool-down a Retry-After may set (the parser caps it there already)
+COOLDOWN_MAX_S = 3600.0
+#: a 429 whose Retry-After is shorter than this also lowers the rate: it still says "too many"
+HALVE_BELOW_S = 1.0
 #: a 429 without Retry-After multiplies the effective rate by this...
 DECREASE_FACTOR = 0.5
 #: ...never below this fraction of the configured rate...
@@ -75,21 +79,22 @@ ACQUIRE_LUA = GCRA_LUA + "return gcra(KEYS, ARGV)\n"
 
 # KEYS[1] cooldown, KEYS[2] aimd
 # ARGV[1] Retry-After (us) or "-1" for none, ARGV[2] decrease factor, ARGV[3] floor,
-# ARGV[4] recovery per second
-# A Retry-After extends the shared cool-down (never shortens it); no Retry-After halves the rate.
+# ARGV[4] recovery per second, ARGV[5] "1" to halve the rate as well
+# A Retry-After extends the shared cool-down (never shortens it); a 429 with none, or with one
+# too short to slow anyone down, halves the rate.
 BACKOFF_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local retry_after = tonumber(ARGV[1])
-if retry_after >= 0 then
+if retry_after > 0 then
   local until_ = now + retry_after
   local current = tonumber(redis.call('GET', KEYS[1]) or '0')
   if until_ > current then
     redis.call('SET', KEYS[1], string.format('%.0f', until_),
                'PX', math.ceil(retry_after / 1000) + 1)
   end
-  return 1
 end
+if ARGV[5] ~= '1' then return 1 end
 local factor = 1
 local aimd = redis.call('HMGET', KEYS[2], 'factor', 'ts')
 if aimd[1] then
@@ -138,11 +143,19 @@ class RedisRateLimiter:
         return self._call(0.0, reserve=False)
 
     def on_rate_limited(self, retry_after_s: float | None) -> None:
-        """Tell every worker about a 429: a shared cool-down, or a lower rate if no Retry-After."""
-        retry_after_us = -1 if retry_after_s is None else int(retry_after_s * 1_000_000)
+        """Tell every worker about a 429: a shared cool-down of ``retry_after_s`` (capped at an
+        hour), and a lower rate when there is none or it is under :data:`HALVE_BELOW_S`."""
+        wait_s = None if retry_after_s is None else min(retry_after_s, COOLDOWN_MAX_S)
+        halve = wait_s is None or wait_s < HALVE_BELOW_S
         self._backoff(
             keys=self._keys[1:],
-            args=[retry_after_us, DECREASE_FACTOR, MIN_FACTOR, RECOVERY_PER_S],
+            args=[
+                -1 if wait_s is None else int(wait_s * 1_000_000),
+                DECREASE_FACTOR,
+                MIN_FACTOR,
+                RECOVERY_PER_S,
+                "1" if halve else "0",
+            ],
             client=own_client(self._client),
         )
 

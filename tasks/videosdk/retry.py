@@ -7,6 +7,7 @@ parts.
 
 from __future__ import annotations
 
+import math
 import random
 from email.utils import parsedate_to_datetime
 
@@ -33,22 +34,28 @@ def backoff_s(
 ) -> float:
     """Seconds to wait after the ``attempt``-th failed call (1-based) of a job.
 
-    A server's Retry-After wins (capped at :data:`RETRY_AFTER_MAX_S`, not at ``backoff_max_s``).
-    Otherwise exponential backoff with "equal jitter": half the exponential step is kept and the
-    other half is random, so waits never collapse to zero and workers that failed together
-    spread out. The result never exceeds ``backoff_max_s``.
+    Exponential backoff with "equal jitter": half the exponential step is kept and the other
+    half is random, so waits never collapse to zero and workers that failed together spread
+    out; at most ``backoff_max_s``. A server's Retry-After (as :func:`parse_retry_after` gives
+    it) makes the wait longer, never shorter: a 429 always applies back-pressure, so a
+    ``Retry-After: 0`` waits the ordinary backoff. It is honoured up to
+    :data:`RETRY_AFTER_MAX_S`, past ``backoff_max_s``.
     """
-    if retry_after_s is not None:
-        return min(max(retry_after_s, 0.0), RETRY_AFTER_MAX_S)
     step = min(backoff_max_s, BACKOFF_INITIAL_S * BACKOFF_MULTIPLIER ** max(attempt - 1, 0))
-    return step / 2 + (rng or random).uniform(0, step / 2)
+    wait = step / 2 + (rng or random).uniform(0, step / 2)
+    if retry_after_s is not None:
+        return max(min(retry_after_s, RETRY_AFTER_MAX_S), wait)
+    return wait
 
 
 def parse_retry_after(value: str | None, *, now_s: float) -> float | None:
     """A Retry-After header (delta-seconds or HTTP-date, RFC 9110 10.2.3) as seconds from now.
 
-    Returns None for a missing or unparseable value (the caller falls back to backoff) and 0 for
-    a date in the past. ``now_s`` is epoch seconds.
+    The one parser of the header: every consumer (a job's wait, the shared cool-down, the rate
+    halving) takes its value from here. Returns a finite delay in [0, :data:`RETRY_AFTER_MAX_S`]
+    (a longer one is cut to an hour, a date in the past is 0), or None, "absent", for anything
+    unusable: missing, not a number or an HTTP-date, negative, infinite or NaN. ``now_s`` is
+    epoch seconds.
     """
     if value is None or not value.strip():
         return None
@@ -58,11 +65,14 @@ def parse_retry_after(value: str | None, *, now_s: float) -> float | None:
     except ValueError:
         pass
     else:
-        return max(seconds, 0.0) if seconds == seconds else None  # NaN is garbage
+        if not math.isfinite(seconds) or seconds < 0:
+            return None
+        return min(seconds, RETRY_AFTER_MAX_S)
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        delay_s = when.timestamp() - now_s
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive parse means "-0000"
+    if when.tzinfo is None or not math.isfinite(delay_s):  # RFC 9110 dates are GMT
         return None
-    return max(when.timestamp() - now_s, 0.0)
+    return min(max(delay_s, 0.0), RETRY_AFTER_MAX_S)
