@@ -392,3 +392,16 @@ def test_a_throttle_answering_retry_after_zero_is_waited_out_with_the_ordinary_b
     job = store.get(job_id)
     assert job is not None and 2 <= job.attempts <= 8
     assert [c["status"] for c in sandbox.calls()][-1] == 200
+
+
+@pytest.mark.parametrize("api_clock_offset_s", [-2.0, -20.0, 2.0, 20.0])
+def test_a_few_seconds_of_clock_skew_with_the_api_fail_no_job(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer, api_clock_offset_s: float
+) -> None:
+    # Given an API whose clock runs behind (or ahead of) ours, refusing tokens "not yet valid"
+    sandbox.faults.clock_offset_s = api_clock_offset_s
+    runner = make_runner()
+    # Then fresh tokens are accepted all the same
+    outcomes = [runner.run(enqueue(store, f"room-{i}")).word for i in range(4)]
+    assert outcomes == ["succeeded"] * 4
+    assert {c["status"] for c in sandbox.calls()} == {200}

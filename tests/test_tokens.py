@@ -3,7 +3,7 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from tasks.videosdk.tokens import REMINT_MARGIN_S, TOKEN_TTL_S, TokenMinter
+from tasks.videosdk.tokens import CLOCK_SKEW_S, REMINT_MARGIN_S, TOKEN_TTL_S, TokenMinter
 
 LONG = "0123456789abcdef0123456789abcdef-test"
 
@@ -31,7 +31,7 @@ def test_token_has_the_claims_the_v2_api_requires() -> None:
         "permissions": ["allow_join"],
         "version": 2,
         "roles": ["crawler"],
-        "iat": 1_700_000_000,
+        "iat": 1_700_000_000 - CLOCK_SKEW_S,  # backdated: an API clock behind ours accepts it
         "exp": 1_700_000_000 + TOKEN_TTL_S,
     }
     assert jwt.get_unverified_header(minter.token())["alg"] == "HS256"

@@ -1,7 +1,9 @@
 """The sandbox's auth: a raw HS256 JWT in ``Authorization``, checked as the real API does.
 
-The token must be well signed with the secret, unexpired, for the API key, version 2, with the
-crawler role and the allow_join permission; otherwise the call is refused with 401 or 403.
+The token must be well signed with the secret, issued (``iat``) and valid (``nbf``) by now and
+unexpired on the sandbox's clock (``Faults.clock_offset_s`` skews it), for the API key, version
+2, with the crawler role and the allow_join permission; otherwise the call is refused with 401 or
+403.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ def verify_hs256(token: str, secret: bytes, now: float) -> dict[str, Any] | None
     if not isinstance(header, dict) or header.get("alg") != "HS256" or not isinstance(claims, dict):
         return None
     exp, nbf = claims.get("exp", math.inf), claims.get("nbf", 0)
-    if not isinstance(exp, int | float) or not isinstance(nbf, int | float):
+    iat = claims.get("iat", 0)
+    if not all(isinstance(v, int | float) for v in (exp, nbf, iat)):
         return None
-    return claims if nbf <= now < exp else None
+    # a token issued after "now" on this clock is refused, as strict servers do
+    return claims if max(nbf, iat) <= now < exp else None
 
 
 def authorize(token: str, *, api_key: str, secret: bytes, now: float) -> None:

@@ -31,6 +31,7 @@ class Faults:
     retry_after_s: float | None = 1.0  # None: 429s carry no Retry-After
     timeout_rate: float = 0.0  # started, but answered only after hang_s
     hang_s: float = 30.0
+    clock_offset_s: float = 0.0  # the API's clock minus ours: tokens are checked on its clock
 
     def update(self, changes: dict[str, Any]) -> None:
         """Set fields by name; ValueError (and nothing set) for a bad name or value."""

@@ -172,7 +172,8 @@ class SandboxServer:
 
     def _recording_call(self, path: str, headers: Any, raw: bytes, record: dict[str, Any]) -> Reply:
         token = headers.get("Authorization") or ""
-        authorize(token, api_key=self._api_key, secret=self._secret, now=time.time())
+        now = time.time() + self.faults.clock_offset_s
+        authorize(token, api_key=self._api_key, secret=self._secret, now=now)
         try:
             body = json.loads(raw or b"null")
         except ValueError:

@@ -12,6 +12,9 @@ import jwt
 TOKEN_TTL_S = 600
 #: a cached token is replaced this long before it expires, so no call carries a dying token.
 REMINT_MARGIN_S = 60
+#: ``iat`` is backdated by this much, so an API whose clock runs behind ours (by up to this)
+#: does not refuse a fresh token as "not yet valid"; ``exp`` still counts from now.
+CLOCK_SKEW_S = 30
 
 
 class TokenMinter:
@@ -62,7 +65,7 @@ class TokenMinter:
             "permissions": ["allow_join"],
             "version": 2,
             "roles": ["crawler"],
-            "iat": int(now),
+            "iat": int(now) - CLOCK_SKEW_S,
             "exp": int(now) + self._ttl_s,
         }
         self.minted += 1
