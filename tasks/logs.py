@@ -26,7 +26,12 @@ JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 REDACTED_JWT = "[redacted-jwt]"
 REDACTED_SECRET = "[redacted-secret]"
 #: ``redis://:pw@host``, ``https://user:pw@host`` or ``https://token@host``: the whole userinfo.
-_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/@]+@")
+#: a URL's userinfo: everything from ``scheme://`` up to the LAST ``@`` before the host (a raw
+#: ``@`` in a password is accepted by redis-py and kombu), not crossing a path, white space or the
+#: ``;`` that starts the next URL of a Sentinel list
+_URL_CREDENTIALS = re.compile(
+    r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?:(?!;[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/])*@"
+)
 
 #: the fields the runner's state-change and call lines carry, in the order text mode shows them.
 FIELDS = ("job_id", "room_id", "status", "attempt", "http_status", "latency_ms", "outcome")

@@ -444,6 +444,16 @@ def test_an_unreachable_redis_is_exit_1_with_one_line_and_no_password(
     assert "redis" in line.lower()
 
 
+def test_a_raw_at_sign_in_the_redis_password_shows_none_of_it(
+    env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # redis-py and kombu accept a raw "@" in the password: all of the userinfo is hidden
+    _use_redis("redis://:Tr0ub@dor&3@127.0.0.1:1/0")
+    code, _, err = run(capsys, "health")
+    assert code == 1 and "Tr0ub" not in err and "dor&3" not in err
+    assert "redis://***@127.0.0.1:1/0" in err
+
+
 # -- parsing and delegation ------------------------------------------------------------------------
 
 
@@ -495,6 +505,22 @@ def test_redact_hides_credentials_in_urls() -> None:
     assert cli_format.redact(text) == (
         "cannot reach redis://***@h:1/0 or rediss://***@h2 (see http://x/y)"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("redis://:Tr0ub@dor&3@127.0.0.1:6399/0", "redis://***@127.0.0.1:6399/0"),
+        ("rediss://u:a@b@c@h/0?x=1", "rediss://***@h/0?x=1"),
+        (
+            "sentinel://:p@w@h1:26379;sentinel://:p@w@h2:26379",
+            "sentinel://***@h1:26379;sentinel://***@h2:26379",
+        ),
+        ("http://127.0.0.1:8080/v2/a@b", "http://127.0.0.1:8080/v2/a@b"),
+    ],
+)
+def test_redact_hides_all_of_the_userinfo_up_to_the_last_at_sign(text: str, shown: str) -> None:
+    assert cli_format.redact(text) == shown
 
 
 def test_parse_time_accepts_z_and_offsets_only() -> None:
