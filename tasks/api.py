@@ -14,6 +14,7 @@ from tasks import runtime
 from tasks.delivery.producer import Producer
 from tasks.errors import ValidationError
 from tasks.job import Job, Status
+from tasks.request import UNENCODABLE, is_utf8
 from worker.publish import publish_job
 
 __all__ = ["cancel_job", "enqueue_recording", "get_job", "list_jobs", "producer", "retry_job"]
@@ -70,6 +71,8 @@ def list_jobs(
 ) -> list[Job]:
     """Jobs, newest first, optionally of one room and/or one status."""
     wanted = _check_status(status)
+    if room_id is not None and (not isinstance(room_id, str) or not is_utf8(room_id)):
+        raise ValidationError("room_id", UNENCODABLE)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIST_LIMIT_MAX:
         raise ValidationError("limit", f"must be an integer from 1 to {LIST_LIMIT_MAX}")
     return runtime.store().list(room_id=room_id, status=wanted, limit=limit)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -482,13 +483,29 @@ def test_demo_and_sandbox_parse_their_own_arguments(capsys: pytest.CaptureFixtur
 
 
 def test_python_dash_m_runs_the_command() -> None:
-    import subprocess
-
     result = subprocess.run(
         [sys.executable, "-m", "tasks.cli", "jobs", "--limit", "0"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2 and result.stderr.startswith("recorder: limit")
+
+
+def test_a_locale_that_cannot_show_a_room_name_gets_replacements_not_a_traceback(
+    rdb: redis.Redis,
+) -> None:
+    # Given a job for a room whose name has non-ASCII letters and an emoji
+    enqueue_recording("raum-ü-🎥")
+    # When the command runs under a locale that encodes ASCII only
+    locale = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env = {**os.environ, "REDIS_URL": REDIS_URL, **locale}
+    result = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "jobs", "--room", "raum-ü-🎥"],
+        capture_output=True, timeout=60, env=env,
+    )  # fmt: skip
+    # Then it finds the room (the argument is read as the UTF-8 the shell passed) and prints
+    # the row with replacements
+    assert result.returncode == 0, result.stderr
+    assert b"Traceback" not in result.stderr and b"raum-?-?" in result.stdout
 
 
 # -- formatting ------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ traceback, and never shows a secret (URLs are redacted).
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``recorder`` command; returns the exit status."""
-    args_list = sys.argv[1:] if argv is None else list(argv)
+    args_list = [_as_utf8(arg) for arg in (sys.argv[1:] if argv is None else argv)]
+    _replace_what_cannot_be_printed()
     try:
         if args_list and args_list[0] in DELEGATED:
             return DELEGATED[args_list[0]][1](args_list[1:])
@@ -103,6 +106,24 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 1)
     except (*BROKER_ERRORS, ConnectionError, TimeoutError) as exc:
         return _fail(f"Redis is unreachable ({type(exc).__name__}): {exc}", 1)
+
+
+def _as_utf8(arg: str) -> str:
+    """An argument as the UTF-8 text the shell passed, whatever the locale decoded it as (under
+    ``LC_ALL=C`` Python keeps undecodable bytes as lone surrogates); bytes that are not UTF-8
+    stay surrogates, which validation then refuses naming the field."""
+    try:
+        return os.fsencode(arg).decode("utf-8")
+    except UnicodeDecodeError:
+        return arg
+
+
+def _replace_what_cannot_be_printed() -> None:
+    """Under a locale that cannot encode a room's name (``LC_ALL=C``), print ``?`` for what it
+    cannot show rather than end in a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
 
 
 def _fail(message: str, status: int) -> int:
