@@ -14,11 +14,11 @@ import redis
 import requests
 from tenacity import stop_after_delay
 
-from tasks.delivery import leases
 from tasks.delivery.runner import Runner
 from tasks.errors import ClaimFailed
 from tasks.job import Job, Status
 from tasks.sandbox.server import SandboxServer
+from tasks.store import connections
 from tasks.store.jobs import JobStore
 from tasks.store.ratelimit import RedisRateLimiter
 from tasks.videosdk.client import ApiClient
@@ -325,7 +325,7 @@ def test_a_claim_redis_never_takes_raises_claim_failed_and_stores_nothing(
 
     monkeypatch.setattr(store, "claim", down)
     monkeypatch.setattr(
-        leases, "THROUGH_OUTAGE", leases.THROUGH_OUTAGE.copy(stop=stop_after_delay(0.3))
+        connections, "THROUGH_OUTAGE", connections.THROUGH_OUTAGE.copy(stop=stop_after_delay(0.3))
     )
     with pytest.raises(ClaimFailed):
         make_runner().run(job_id)

@@ -15,7 +15,7 @@ import uuid
 from tasks.delivery.state import logger
 from tasks.errors import ClaimFailed
 from tasks.job import Status
-from tasks.store.connections import THROUGH_OUTAGE, TRANSIENT_ERRORS
+from tasks.store.connections import TRANSIENT_ERRORS, through_outage
 from tasks.store.jobs import Claim, JobStore
 from tasks.store.ratelimit import RedisRateLimiter
 
@@ -119,10 +119,6 @@ class Claimer:
             )
 
         try:
-            try:
-                return claim()
-            except TRANSIENT_ERRORS as exc:  # tenacity only when it is needed
-                logger.warning("job %s: claim failed (%s), retrying", job_id, type(exc).__name__)
-                return THROUGH_OUTAGE(claim)
+            return through_outage(claim)
         except TRANSIENT_ERRORS as exc:
             raise ClaimFailed(job_id, exc) from exc

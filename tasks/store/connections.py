@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from redis.sentinel import Sentinel
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from tasks.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
 
 #: a dead Redis must fail a call within seconds, not hang a worker or a producer forever.
 SOCKET_TIMEOUT_S = 10.0
@@ -48,10 +51,12 @@ T = TypeVar("T")
 
 def through_outage(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``call(*args, **kwargs)``, tried again through a Redis outage (:data:`THROUGH_OUTAGE`)
-    only after a first transient error: the common case costs no tenacity machinery."""
+    only after a first transient error (logged): the common case costs no tenacity machinery.
+    Raises the last transient error when the outage outlasts the retries."""
     try:
         return call(*args, **kwargs)
-    except TRANSIENT_ERRORS:
+    except TRANSIENT_ERRORS as exc:
+        logger.warning("Redis: %s (%s), retrying through the outage", type(exc).__name__, exc)
         return THROUGH_OUTAGE(call, *args, **kwargs)
 
 
