@@ -8,7 +8,7 @@ from celery import bootsteps
 
 from tasks import runtime
 from tasks.delivery.dispatcher import Dispatcher
-from worker.publish import our_queue_depth, publish_job
+from worker.publish import publish_job, queue_depth
 
 
 class DueJobDispatcher(bootsteps.StartStopStep):
@@ -21,7 +21,7 @@ class DueJobDispatcher(bootsteps.StartStopStep):
         self.dispatcher: Dispatcher | None = None
 
     def start(self, parent: Any) -> None:
-        self.dispatcher = runtime.new_dispatcher(publish_job, our_queue_depth)
+        self.dispatcher = runtime.new_dispatcher(publish_job, queue_depth)
         self.dispatcher.start()
 
     def stop(self, parent: Any) -> None:

@@ -48,18 +48,15 @@ def publish_job(job_id: str, room_id: str) -> None:
         raise ConnectionError(f"the job's message was not published: {exc}") from exc
 
 
-def queue_depth(queue: str) -> int:
-    """Messages waiting on ``queue`` (kombu's passive declare; 0 when it does not exist)."""
+def queue_depth() -> int:
+    """Messages waiting on the queue our workers consume (``RECORDER_QUEUE``), by kombu's
+    passive declare; 0 when it does not exist yet."""
+    queue = str(app.conf.task_default_queue)
     with app.connection_for_read() as connection:
         try:
             return int(connection.default_channel.queue_declare(queue=queue, passive=True)[1])
         except ChannelError:  # kombu's Redis transport: no list yet means an empty queue
             return 0
-
-
-def our_queue_depth() -> int:
-    """Messages waiting on the queue our workers consume (``RECORDER_QUEUE``)."""
-    return queue_depth(str(app.conf.task_default_queue))
 
 
 def delete_queue(queue: str, *, broker_url: str | None = None) -> None:

@@ -48,7 +48,7 @@ from tasks.schedules import api as schedules_api
 from tasks.schedules.cron import FireTimes
 from tasks.schedules.firing import fire_due
 from tasks.schedules.store import FIRE_TASK, fire_times, recorder_spec
-from worker.publish import our_queue_depth, publish_job
+from worker.publish import publish_job, queue_depth
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class RecorderScheduler(RedBeatScheduler):
     def setup_schedule(self) -> None:
         # only the real scheduler gets here; celery also builds a ``lazy`` one for its banner
         super().setup_schedule()
-        self._dispatcher = runtime.new_dispatcher(publish_job, our_queue_depth)
+        self._dispatcher = runtime.new_dispatcher(publish_job, queue_depth)
         self._dispatcher.start()
 
     def install_default_entries(self, data: Any) -> None:

@@ -52,7 +52,7 @@ def stats() -> dict[str, Any]:
         "jobs": jobs,
         "success_rate": round(jobs["succeeded"] / finished, 4) if finished else None,
         "due": store.due_count(),
-        "queue_depth": queue_depth(runtime.config().queue),
+        "queue_depth": queue_depth(),
         "rate_limit": limits(),
         "api": metrics.snapshot(runtime.redis_conn(), runtime.config().key_prefix),
     }
@@ -64,7 +64,7 @@ def prometheus() -> str:
     return metrics.prometheus_text(
         metrics.snapshot(runtime.redis_conn(), runtime.config().key_prefix),
         jobs=store.counts(),
-        queue_depth=queue_depth(runtime.config().queue),
+        queue_depth=queue_depth(),
         due=store.due_count(),
     )
 
