@@ -24,7 +24,9 @@ LIST_LIMIT_MAX = 1000
 
 def producer() -> Producer:
     """The process's producer: the job store, publishing through the Celery app."""
-    return Producer(store=runtime.store(), publish=publish_job)
+    return Producer(
+        store=runtime.store(), publish=publish_job, start_window_s=runtime.config().start_window_s
+    )
 
 
 def enqueue_recording(
@@ -38,6 +40,7 @@ def enqueue_recording(
     aws_dir_path: str | None = None,
     idempotency_key: str | None = None,
     run_at: datetime | None = None,
+    start_window_s: float | None = None,
     schedule: str | None = None,
 ) -> Job:
     """Enqueue a "start recording" job and return its record at once.
@@ -45,7 +48,9 @@ def enqueue_recording(
     Raises ValidationError (nothing stored) for bad input, BrokerUnavailable (nothing stored)
     when Redis cannot take the job. With ``idempotency_key``, a live job with the same key is
     returned instead and nothing is enqueued. With ``run_at`` in the future the job is
-    ``scheduled`` until then.
+    ``scheduled`` until then. Start attempts are made until ``start_window_s`` (seconds;
+    default ``RECORDER_START_WINDOW``, 600) after the due time (``run_at``, else now); a job not
+    started by then ends ``expired`` (see :mod:`tasks.window`).
     """
     return producer().enqueue(
         room_id,
@@ -57,6 +62,7 @@ def enqueue_recording(
         aws_dir_path=aws_dir_path,
         idempotency_key=idempotency_key,
         run_at=run_at,
+        start_window_s=start_window_s,
         schedule=schedule,
     )
 

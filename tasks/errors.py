@@ -82,6 +82,14 @@ class Deferred(RecorderError):
         super().__init__(f"deferred {wait_s:.2f}s: {reason}")
 
 
+class WindowClosed(RecorderError):
+    """Raised inside a delivery when the job's start window has closed: no call is made."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"the start window of job {job_id} has closed")
+
+
 class ApiError(RecorderError):
     """Base of the outcomes of one call to the VideoSDK API that are not a plain success.
 
@@ -149,6 +157,38 @@ class AlreadyRecording(ApiError):
     """Raised when the API refused the start because the room is already being recorded."""
 
     error_type = "already_recording"
+
+
+class WindowRefusal(ApiError):
+    """Base of refusals that are waited out while the job's start window is open.
+
+    They do not use up ``RECORDER_MAX_ATTEMPTS``; see :mod:`tasks.window`.
+    """
+
+
+class NotLive(WindowRefusal):
+    """Raised when the API refused the start because the room has no live session yet."""
+
+    error_type = "not_live"
+
+
+class PreviousSessionProcessing(WindowRefusal):
+    """Raised when the API refused the start: the previous recording session is being processed.
+
+    VideoSDK's "Previous recording session is being processed, please try again after few
+    seconds" (error 4018).
+    """
+
+    error_type = "session_processing"
+
+
+class RecordingLimitReached(WindowRefusal):
+    """Raised when the API refused the start: the organisation's recording limit is reached.
+
+    VideoSDK's "You have reached max limit of recording on organization" (error 4028).
+    """
+
+    error_type = "recording_limit"
 
 
 class InternalError(ApiError):

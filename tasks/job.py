@@ -19,13 +19,15 @@ class Status(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: the start window closed before the recording could start (see ``tasks.window``)
+    EXPIRED = "expired"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 #: statuses from which a job may still be cancelled: it has not reached the API yet.
 CANCELLABLE = frozenset({Status.SCHEDULED, Status.QUEUED})
 
@@ -42,8 +44,9 @@ class Job:
     Beyond the contract: ``run_at`` (when a scheduled job is due), ``next_attempt_at`` (when a
     waiting job is tried again), ``maybe_started`` (an earlier attempt's outcome is unknown, so an
     "already recording" answer means success), ``deliveries`` (times a worker took the job),
-    ``lost_deliveries`` (deliveries whose worker died before finishing) and ``schedule`` (the
-    recurring schedule that created it).
+    ``lost_deliveries`` (deliveries whose worker died before finishing), ``schedule`` (the
+    recurring schedule that created it), ``start_window_s`` and ``start_deadline`` (ISO 8601
+    UTC: the last moment a start attempt may be made, see :mod:`tasks.window`).
     """
 
     id: str
@@ -65,6 +68,8 @@ class Job:
     deliveries: int = 0
     lost_deliveries: int = 0
     schedule: str | None = None
+    start_window_s: float | None = None
+    start_deadline: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

@@ -8,6 +8,7 @@ Every variable is documented in the README and ``.env.example``. Nothing else in
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from tasks.errors import ConfigurationError
+from tasks.errors import ConfigurationError, ValidationError
 from tasks.logs import redact_url_credentials
+from tasks.window import DEFAULT_START_WINDOW_S, NOT_LIVE_PATTERNS, check_start_window
 
 DEFAULT_API_BASE = "https://api.videosdk.live"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -33,6 +35,7 @@ DEFAULT_QUEUE = "recorder"
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 #: ``RECORDER_LOG_FORMAT``: ``json`` is one JSON object per line (see ``tasks.logs``).
 LOG_FORMATS = ("text", "json")
 
@@ -83,6 +86,8 @@ class Settings:
     task_events: bool = True
     beat_max_interval_s: float = 5.0
     beat_lock_timeout_s: int = 25
+    start_window_s: float = 600.0
+    not_live_patterns: tuple[str, ...] = NOT_LIVE_PATTERNS
 
     @property
     def lease_s(self) -> float:
@@ -147,7 +152,39 @@ class Settings:
             task_events=_flag(env, "RECORDER_TASK_EVENTS", True),
             beat_max_interval_s=beat_max_interval_s,
             beat_lock_timeout_s=beat_lock_timeout_s,
+            start_window_s=_start_window(env),
+            not_live_patterns=NOT_LIVE_PATTERNS + _phrases(env, "RECORDER_NOT_LIVE_PATTERNS"),
         )
+
+
+def _start_window(env: Mapping[str, str]) -> float:
+    """``RECORDER_START_WINDOW``: seconds, or 90s / 15m / 2h."""
+    text = env.get("RECORDER_START_WINDOW", "").strip()
+    if not text:
+        return DEFAULT_START_WINDOW_S
+    try:
+        window_s = check_start_window(parse_duration(text))
+    except (ValueError, ValidationError):
+        raise ConfigurationError(
+            f"RECORDER_START_WINDOW must be a positive duration (600, 90s, 15m, 2h), got {text!r}"
+        ) from None
+    assert window_s is not None
+    return window_s
+
+
+def _phrases(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of phrases, lower-cased, empty items dropped."""
+    return tuple(p.strip().lower() for p in env.get(name, "").split(",") if p.strip())
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``2h`` or ``1d`` as seconds; raises ValueError."""
+    text = text.strip().lower()
+    scale = DURATION_UNITS.get(text[-1:])
+    number = float(text[:-1] if scale else text)
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite duration: {text!r}")
+    return number * (scale or 1.0)
 
 
 def _api_base(url: str) -> str:

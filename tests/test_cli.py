@@ -397,7 +397,7 @@ def test_stats_json_counts_jobs_per_status_and_the_queue(
     stats = json.loads(out)
     assert stats["jobs"] == {
         "scheduled": 1, "queued": 1, "running": 0, "retrying": 0,
-        "succeeded": 0, "failed": 0, "cancelled": 1,
+        "succeeded": 0, "failed": 0, "cancelled": 1, "expired": 0,
     }  # fmt: skip
     assert stats["due"] == 1 and stats["queue_depth"] == 2
     assert stats["rate_limit"]["rate_per_s"] == 10.0 and stats["rate_limit"]["factor"] == 1.0

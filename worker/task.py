@@ -3,7 +3,7 @@
 Celery's state of the task (what Flower shows) follows the job's:
 
 - the job ``succeeded``: the task returns, SUCCESS;
-- the job ended ``failed`` (or ``cancelled``, or its record expired): the task raises a
+- the job ended ``failed`` (or ``cancelled``, ``expired``, or its record is gone): the task raises a
   :class:`JobFailed` subclass named for the job's ``error.type``, FAILURE, with the job's error
   message (e.g. ``RoomNotFound('HTTP 404: room not found')``). The exception is expected
   (``throws``), so Celery logs it as one line, without a traceback;
@@ -44,17 +44,21 @@ ERROR_TYPES = (
     "attempts_exhausted",
     "cancelled",
     "connection_error",
+    "expired",
     "forbidden",
     "http_error",
     "internal_error",
     "invalid_object",
     "invalid_params",
     "missing",
+    "not_live",
     "rate_limit_cooldown",
     "rate_limit_wait",
     "rate_limited",
+    "recording_limit",
     "room_not_found",
     "server_error",
+    "session_processing",
     "timeout",
     "unauthorized",
     "worker_lost",

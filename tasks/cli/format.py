@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from tasks.job import Job
 from tasks.logs import redact_url_credentials
+from tasks.settings import parse_duration
 
 _MISSING = "-"
 
@@ -46,6 +47,13 @@ def add_recording_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="JSON", help='e.g. {"layout": {"type": "GRID"}}')
     parser.add_argument("--webhook-url", metavar="URL")
     parser.add_argument("--aws-dir-path", metavar="PATH")
+    parser.add_argument(
+        "--start-window",
+        type=duration,
+        metavar="DURATION",
+        help="how long after its due time a start may be tried (90s, 15m, 2h; default "
+        "RECORDER_START_WINDOW, 10m); a job not started by then ends expired",
+    )
 
 
 def recording_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -57,7 +65,20 @@ def recording_options(args: argparse.Namespace) -> dict[str, Any]:
         "config": json_option(args.config, "--config"),
         "webhook_url": args.webhook_url,
         "aws_dir_path": args.aws_dir_path,
+        **({"start_window_s": args.start_window} if args.start_window is not None else {}),
     }
+
+
+def duration(text: str) -> float:
+    """``30s``, ``5m``, ``1h``, ``1d`` or plain seconds, more than 0 (an argparse type)."""
+    try:
+        value = parse_duration(text)
+    except ValueError:
+        message = f"not a duration like 30s, 5m, 1h or 45: {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return int(value) if value.is_integer() else value
 
 
 def json_option(text: str | None, flag: str) -> Any:

@@ -8,18 +8,15 @@ with one line; an unknown name for ``remove`` is exit status 1, also with one li
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Any
 
 from tasks.cli import format as fmt
-from tasks.cli.format import BadUsage, add_recording_options, recording_options
+from tasks.cli.format import BadUsage, add_recording_options, duration, recording_options
 from tasks.schedules.api import add_schedule, list_schedules, remove_schedule
 from tasks.schedules.store import Schedule
 
 HELP = "recurring recordings: add, list or remove schedules (run by `celery -A worker beat`)"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -58,15 +55,6 @@ _ADD_HELP = (
     "Add a schedule (a schedule of the same name is replaced). Each firing enqueues one job, "
     "deduplicated by its scheduled time."
 )
-
-
-def duration(text: str) -> float:
-    """``30s``, ``5m``, ``1h``, ``1d`` or plain seconds, as seconds (an argparse type)."""
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration like 30s, 5m, 1h or 45: {text!r}")
-    value = float(match.group(1)) * _UNIT_S[match.group(2).lower()]
-    return int(value) if value.is_integer() else value
 
 
 def run_add(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Outcomes: the store writes that end a step of a delivery, made under its lease.
 
 ``retrying`` (the job waits for its next attempt), deferred (the job waits in the store's due
-set, lease given up), ``succeeded`` and ``failed``. Each is written through :meth:`Outcomes.apply`,
+set, lease given up; always so for a refusal waited out in the start window), ``succeeded``,
+``failed`` and ``expired``. Each is written through :meth:`Outcomes.apply`,
 which rides out a Redis restart (``through_outage``: without that the job would wait for the
 sweeper after its lease expired) and raises :class:`LeaseLost` when the job
 was cancelled or taken over meanwhile.
@@ -12,11 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.delivery.leases import LeaseLost
-from tasks.delivery.state import DeliveryState, attempts_used, log_state, logger
+from tasks.delivery.state import DeliveryState, attempts_used, log_expired, log_state, logger
 from tasks.errors import ApiError
 from tasks.job import Job, Status, utc_iso
 from tasks.store.connections import through_outage
 from tasks.store.jobs import JobStore
+from tasks.window import expired_message
 
 #: statuses a delivery may move to ``running`` from.
 STARTABLE = frozenset({Status.QUEUED, Status.RETRYING, Status.RUNNING})
@@ -67,6 +69,78 @@ class Outcomes:
                 "outcome": exc.error_type,
             },
         )
+
+    def waiting_in_window(self, state: DeliveryState, exc: ApiError, wait_s: float) -> None:
+        """Record a refusal that is waited out in the window (``tasks.window``), and defer.
+
+        The call is not counted against ``RECORDER_MAX_ATTEMPTS`` (``_base`` grows with it) and
+        the job waits in the due set whatever ``wait_s`` is: never in a worker slot.
+        """
+        refusals = int(state.job.extra.get("_refusals", 0)) + 1
+        patch = {
+            "status": Status.RETRYING.value,
+            "in_flight": False,
+            "maybe_started": state.maybe_started,
+            "http_status": exc.http_status,
+            "response": exc.response,
+            "error": exc.to_record(),
+            "_base": int(state.job.extra.get("_base", 0)) + 1,
+            "_refusals": refusals,
+        }
+        self.defer(state, wait_s, None, patch)
+        logger.info(
+            "job %s room=%s %s, tried again in %.1fs (window until %s)",
+            state.job.id,
+            state.job.room_id,
+            exc.error_type,
+            wait_s,
+            state.job.start_deadline,
+            extra={
+                "job_id": state.job.id,
+                "room_id": state.job.room_id,
+                "status": "retrying",
+                "http_status": exc.http_status,
+                "outcome": exc.error_type,
+            },
+        )
+
+    def expired(self, state: DeliveryState) -> str:
+        """End the job ``expired``: its window closed while this delivery held it."""
+        message = expired_message(state.job, now_s=self.store.clock())
+        patch = {
+            "status": Status.EXPIRED.value,
+            "in_flight": False,
+            "maybe_started": state.maybe_started,
+            "error": {"type": "expired", "message": message},
+            "next_attempt_at": None,
+        }
+        word = self._finish(state, patch)
+        log_expired(state.job)
+        return word
+
+    def expire_unclaimed(self, job: Job) -> Job | None:
+        """End ``job`` ``expired``: its window closed before a delivery could claim it.
+
+        No lease is held (the claim found none alive), so the change is made on the status alone.
+        """
+        message = expired_message(job, now_s=self.store.clock())
+        patch = {
+            "status": Status.EXPIRED.value,
+            "in_flight": False,
+            "error": {"type": "expired", "message": message},
+            "next_attempt_at": None,
+        }
+        result = through_outage(
+            self.store.update,
+            job.id,
+            patch,
+            allowed_from=STARTABLE | {Status.SCHEDULED},
+            clear_due=True,
+            release_lease=True,
+        )
+        if result.job is not None and result.applied:
+            log_expired(result.job)
+        return result.job
 
     def defer(
         self,

@@ -24,6 +24,7 @@ from tasks.errors import BrokerUnavailable, JobNotFound, ValidationError
 from tasks.job import CANCELLABLE, Job, Status
 from tasks.request import UNENCODABLE, RecordingRequest, is_utf8
 from tasks.store.jobs import JobStore
+from tasks.window import DEFAULT_START_WINDOW_S, check_start_window, too_late_message, window_fields
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +34,13 @@ IDEMPOTENCY_KEY_MAX_CHARS = 200
 class Producer:
     """Enqueues, cancels and replays jobs in ``store``, publishing with ``publish``."""
 
-    def __init__(self, *, store: JobStore, publish: Publish) -> None:
+    def __init__(
+        self, *, store: JobStore, publish: Publish, start_window_s: float = DEFAULT_START_WINDOW_S
+    ) -> None:
+        """``start_window_s``: the window of jobs that give none (``RECORDER_START_WINDOW``)."""
         self.store = store
         self.publish = publish
+        self.start_window_s = start_window_s
 
     def enqueue(
         self,
@@ -44,15 +49,32 @@ class Producer:
         idempotency_key: str | None = None,
         run_at: datetime | None = None,
         schedule: str | None = None,
+        start_window_s: float | None = None,
+        due_at: datetime | None = None,
         **options: Any,
     ) -> Job:
         """Store a job (see ``tasks.enqueue_recording``) and publish it if it is due now.
 
+        The start window (:mod:`tasks.window`) opens at ``run_at``, else ``due_at`` (a
+        schedule's firing time), else now. A job whose window has already closed is stored
+        ``expired`` and never published: a missed schedule slot still leaves its answer.
         Raises ValidationError (nothing stored) or BrokerUnavailable (Redis did not take it).
         """
         request = RecordingRequest.build(room_id, **options)
         _check_key(idempotency_key)
-        run_at_s = _check_run_at(run_at, now_s=self.store.clock(), ttl_s=self.store.ttl_s)
+        window_s = check_start_window(start_window_s) or self.start_window_s
+        now_s = self.store.clock()
+        run_at_s = _check_run_at(run_at, now_s=now_s, ttl_s=self.store.ttl_s)
+        opens_at = run_at if run_at is not None else due_at
+        if due_at is not None and not (isinstance(due_at, datetime) and due_at.tzinfo):
+            raise ValidationError("due_at", "must be a timezone-aware datetime")
+        window = window_fields(opens_at.timestamp() if opens_at else now_s, window_s)
+        late_s = now_s - window["_deadline"] / 1000
+        expired = None
+        if late_s > 0:
+            event = "was fired by its schedule" if schedule is not None else "was enqueued"
+            message = too_late_message(window_s, window["start_deadline"], late_s, event=event)
+            expired = {"type": "expired", "message": message}
         try:
             job, created = self.store.create(
                 room_id=room_id,
@@ -61,6 +83,8 @@ class Producer:
                 run_at_s=run_at_s,
                 schedule=schedule,
                 job_id=uuid.uuid4().hex,
+                fields=window,
+                expired=expired,
             )
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnavailable(f"Redis did not take the job: {exc}") from exc
@@ -112,6 +136,8 @@ class Producer:
                 "error": None,
                 "next_attempt_at": None,
                 "_base": job.attempts,
+                # a replay by hand is a new decision: its window opens now
+                **window_fields(self.store.clock(), job.start_window_s or self.start_window_s),
             },
             allowed_from={Status.FAILED},
         )

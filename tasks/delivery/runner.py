@@ -12,7 +12,10 @@ A delivery:
    (:class:`Delivered`); the caller (the Celery task) acks the message afterwards.
 
 An "already recording" refusal means success when an earlier attempt of this job may have
-started the recording (a timeout, a 5xx, a worker lost mid-call), and failure otherwise.
+started the recording (a timeout, a 5xx, a worker lost mid-call), and failure otherwise. A
+refusal that is waited out in the start window ("not live yet", the account's limits) defers
+the job without using up its attempts; once the window has closed no call is made and the job
+ends ``expired`` (:mod:`tasks.window`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Callable
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from tasks import window
 from tasks.delivery.leases import Claimer, LeaseLost, lease_token
 from tasks.delivery.outcomes import STARTABLE, Outcomes
 from tasks.delivery.slots import RateSlots
@@ -35,7 +39,15 @@ from tasks.delivery.state import (
     log_state,
     logger,
 )
-from tasks.errors import AlreadyRecording, ApiError, Deferred, InternalError, TokenRejected
+from tasks.errors import (
+    AlreadyRecording,
+    ApiError,
+    Deferred,
+    InternalError,
+    TokenRejected,
+    WindowClosed,
+    WindowRefusal,
+)
 from tasks.job import Status
 from tasks.store.jobs import JobStore
 from tasks.store.ratelimit import RedisRateLimiter
@@ -100,6 +112,8 @@ class Runner:
         """Run one delivery of the job; never raises for an API outcome (see :class:`Delivered`)."""
         token = lease_token(self._host)
         claim = self._claimer.claim(job_id, token)
+        if claim.kind == "window_closed" and claim.job is not None:
+            return Delivered("expired", self._outcomes.expire_unclaimed(claim.job))
         if claim.kind != "claimed" or claim.job is None:
             logger.info("job %s skipped: %s", job_id, claim.kind, extra={"job_id": job_id})
             return Delivered(f"skipped:{claim.kind}", claim.job)
@@ -142,6 +156,10 @@ class Runner:
         )
         try:
             response = retrying(self._attempt, state)
+        except WindowClosed:
+            return self._outcomes.expired(state)
+        except WindowRefusal as exc:
+            return self._wait_in_window(state, exc)
         except AlreadyRecording as exc:
             if state.maybe_started:
                 return self._outcomes.succeeded(state, exc.http_status, exc.response)
@@ -149,6 +167,19 @@ class Runner:
         except ApiError as exc:
             return self._outcomes.failed(state, exc, None)
         return self._outcomes.succeeded(state, response.http_status, response.body)
+
+    def _wait_in_window(self, state: DeliveryState, exc: WindowRefusal) -> str:
+        """Defer the job until its next try inside the window, or fail a record without one."""
+        deadline = window.deadline_s(state.job)
+        if deadline is None:  # a record made before windows existed: no wait for it
+            return self._outcomes.failed(state, exc, None)
+        now_s = self.store.clock()
+        refusals = int(state.job.extra.get("_refusals", 0)) + 1
+        wait = window.wait_s(
+            exc.error_type, refusals, now_s=now_s, deadline_s=deadline, rng=self.rng
+        )
+        self._outcomes.waiting_in_window(state, exc, wait)
+        return "deferred"
 
     # -- one attempt --------------------------------------------------------------------------
 
@@ -180,8 +211,14 @@ class Runner:
         return response
 
     def _begin_attempt(self, state: DeliveryState) -> None:
-        """Take a rate slot, then mark the attempt ``running`` before calling (write-ahead)."""
+        """Take a rate slot, then mark the attempt ``running`` before calling (write-ahead).
+
+        Raises WindowClosed, and makes no call, once the job's start window has closed (before
+        or while waiting for the slot).
+        """
+        self._check_window(state)
         self._slots.take(state)
+        self._check_window(state)
         begun = self.store.update(
             state.job.id,
             {
@@ -202,6 +239,11 @@ class Runner:
             raise LeaseLost(begun.reason)
         state.job = begun.job
         log_state(state)
+
+    def _check_window(self, state: DeliveryState) -> None:
+        deadline = window.deadline_s(state.job)
+        if deadline is not None and self.store.clock() > deadline:
+            raise WindowClosed(state.job.id)
 
     # -- tenacity hooks -----------------------------------------------------------------------
 

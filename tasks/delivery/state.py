@@ -105,3 +105,22 @@ def log_call(
             **state.last_call,
         },
     )
+
+
+def log_expired(job: Job) -> None:
+    """An ``expired`` job is a recording that will not happen: logged at ERROR with the room."""
+    error = job.error or {}
+    logger.error(
+        "job %s room=%s expired: %s",
+        job.id,
+        job.room_id,
+        error.get("message", ""),
+        extra={
+            "job_id": job.id,
+            "room_id": job.room_id,
+            "status": job.status.value,
+            "attempt": job.attempts,
+            "http_status": job.http_status,
+            "outcome": "expired",
+        },
+    )

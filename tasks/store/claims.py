@@ -21,7 +21,7 @@ from tasks.store.scripts import CLAIM_LUA
 class Claim:
     """The outcome of taking a job for one delivery."""
 
-    kind: str  # claimed | finished | not_due | leased | missing
+    kind: str  # claimed | finished | not_due | leased | window_closed | missing
     job: Job | None
     lease_ttl_s: float = 0.0
     holder: str = ""

@@ -89,16 +89,17 @@ return {1, out}
 # the first attempt if a rate slot is free right now, ARGV[7] now as ISO 8601, ARGV[8] prefix,
 # ARGV[9] most attempts, ARGV[10] most lost deliveries, ARGV[11..15] the GCRA step's args
 # Returns {kind, record, lease pttl, holder} or {'claimed', record, began 0/1}: kind is claimed,
-# finished, not_due, leased or missing. The same token claiming again (a retry after a lost
-# reply) gets the same claim back, and whether it began the attempt (``_begun``). A claim
-# raises ``{prefix}:claimed_pub`` (the delivery watermark) to the job's last publish time
-# (``_touched``): every message published well before it has left the queue (SWEEP_LUA). A
-# claim that finds ``_holder`` still set knows the last delivery died without finishing (a
-# killed worker): it counts it in ``lost_deliveries``.
+# finished, not_due, leased, window_closed (the start window's ``_deadline`` has passed and no live
+# delivery holds the job: nothing is written, the runner ends it ``expired``) or missing. The same
+# token claiming again (a retry after a lost reply) gets the same claim back, and whether it began
+# the attempt (``_begun``). A claim raises ``{prefix}:claimed_pub`` (the delivery watermark) to the
+# job's last publish time (``_touched``): every message published well before it has left the queue
+# (SWEEP_LUA). A claim that finds ``_holder`` still set knows the last delivery died without
+# finishing (a killed worker): it counts it in ``lost_deliveries``.
 # Beginning an attempt is the same write-ahead as the runner's own (status running, in_flight,
 # attempts + 1) after taking a rate slot (tasks.store.ratelimit.GCRA_LUA), done here to save two
-# round trips; it is skipped when the delivery will not call (attempts or lost deliveries used
-# up: the runner fails the job instead) and when no slot is free at once (the runner waits).
+# round trips; it is skipped when the delivery will not call (attempts or lost deliveries used up:
+# the runner fails the job instead) and when no slot is free at once (the runner waits).
 CLAIM_LUA = (
     GCRA_LUA
     + """
@@ -106,7 +107,9 @@ local raw = redis.call('GET', KEYS[1])
 if not raw then return {'missing'} end
 local rec = cjson.decode(raw)
 local s = rec.status
-if s == 'succeeded' or s == 'failed' or s == 'cancelled' then return {'finished', raw} end
+if s == 'succeeded' or s == 'failed' or s == 'cancelled' or s == 'expired' then
+  return {'finished', raw}
+end
 if s == 'scheduled' or (rec._due and rec._due > tonumber(ARGV[3])) then
   return {'not_due', raw}
 end
@@ -119,6 +122,7 @@ if holder then
   if holder ~= ARGV[4] then return {'leased', raw, redis.call('PTTL', KEYS[2]), holder} end
   redis.call('DEL', KEYS[2])
 end
+if rec._deadline and tonumber(ARGV[3]) > rec._deadline then return {'window_closed', raw} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
 local published = rec._touched or rec._ts
@@ -172,7 +176,7 @@ for _, id in ipairs(ids) do
   local raw = redis.call('GET', key)
   local rec = raw and cjson.decode(raw)
   if not rec or rec.status == 'succeeded' or rec.status == 'failed'
-      or rec.status == 'cancelled' then
+      or rec.status == 'cancelled' or rec.status == 'expired' then
     redis.call('ZREM', KEYS[1], id)
   else
     redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), id)

@@ -44,9 +44,13 @@ class Writes(Reads):
         run_at_s: float | None = None,
         schedule: str | None = None,
         job_id: str | None = None,
+        fields: Mapping[str, Any] | None = None,
+        expired: dict[str, str] | None = None,
     ) -> tuple[Job, bool]:
         """Store a new ``queued`` (or, with ``run_at_s``, ``scheduled``) job.
 
+        ``fields`` are more record fields (the start window's). With ``expired`` (an error
+        record) the job is stored already ``expired``: its window closed before it was made.
         Returns ``(job, True)``, or ``(existing_job, False)`` when the idempotency key already
         names a live job; the check and the write are one atomic step. The caller publishes a
         queued job's message; if it dies first, the sweeper finds the job (``DueSet.sweep``).
@@ -55,6 +59,8 @@ class Writes(Reads):
         now_iso = utc_iso(now)
         job_id = job_id or uuid.uuid4().hex
         status = Status.SCHEDULED if run_at_s is not None else Status.QUEUED
+        if expired is not None:
+            status, run_at_s = Status.EXPIRED, None
         created_ms = int(now * 1000)
         due_ms = "" if run_at_s is None else str(int(run_at_s * 1000))
         record: dict[str, Any] = {
@@ -72,8 +78,11 @@ class Writes(Reads):
             "idempotency_key": idempotency_key,
             "run_at": utc_iso(run_at_s) if run_at_s is not None else None,
             "schedule": schedule,
+            **(fields or {}),
             "_ts": created_ms,
         }
+        if expired is not None:
+            record.update(finished_at=now_iso, error=expired)
         if run_at_s is not None:
             record["_due"] = int(due_ms)
         stored_id = self._create(

@@ -24,13 +24,17 @@ from tasks.errors import (
     ApiError,
     CallTimedOut,
     ConnectionFailed,
+    NotLive,
+    PreviousSessionProcessing,
     RateLimited,
+    RecordingLimitReached,
     RequestRefused,
     ServerFailed,
     TokenRejected,
 )
 from tasks.videosdk.retry import parse_retry_after
 from tasks.videosdk.tokens import TokenMinter
+from tasks.window import NOT_LIVE_PATTERNS
 
 START_PATH = "/v2/recordings/start"
 #: response bodies longer than this are cut before they are stored in a job record.
@@ -38,6 +42,9 @@ RESPONSE_MAX_CHARS = 1000
 _ALREADY = re.compile(
     r"already\s+(started|in\s+progress|running|recording|being\s+recorded)", re.IGNORECASE
 )
+#: VideoSDK's account-wide refusals (its error tables, codes 4018 and 4028), by their text.
+_SESSION_PROCESSING = re.compile(r"previous\s+recording\s+session\s+is\s+being\s+processed", re.I)
+_RECORDING_LIMIT = re.compile(r"max(imum)?\s+limit\s+of\s+recording", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +70,12 @@ class ApiClient:
         minter: TokenMinter,
         connect_timeout_s: float,
         read_timeout_s: float,
+        not_live_patterns: tuple[str, ...] = NOT_LIVE_PATTERNS,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """``not_live_patterns``: case-insensitive phrases of a "no live session" refusal."""
         self._url = base_url.rstrip("/") + START_PATH
+        self._not_live = tuple(p.lower() for p in not_live_patterns if p.strip())
         self._minter = minter
         self._timeout = (connect_timeout_s, read_timeout_s)
         self._clock = clock
@@ -106,7 +116,7 @@ class ApiClient:
         parsed = _parse_body(resp)
         if 200 <= resp.status_code < 300:
             return ApiResponse(resp.status_code, parsed, latency_s)
-        raise _classify(resp, parsed, latency_s)
+        raise _classify(resp, parsed, latency_s, self._not_live)
 
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
@@ -126,7 +136,10 @@ class ApiClient:
         return session
 
 
-def _classify(resp: requests.Response, parsed: Any, latency_s: float) -> ApiError:
+def _classify(
+    resp: requests.Response, parsed: Any, latency_s: float, not_live: tuple[str, ...]
+) -> ApiError:
+    """The ApiError of a non-2xx answer; a 4xx is told apart by its message's text."""
     status = resp.status_code
     message = f"HTTP {status}: {error_message(parsed) or resp.reason}"
     common: dict[str, Any] = {"http_status": status, "response": parsed, "latency_s": latency_s}
@@ -137,8 +150,15 @@ def _classify(resp: requests.Response, parsed: Any, latency_s: float) -> ApiErro
         return TokenRejected(message, **common)
     if status >= 500:
         return ServerFailed(message, may_have_started=True, **common)
-    if _ALREADY.search(error_message(parsed)):
+    text = error_message(parsed)
+    if _ALREADY.search(text):
         return AlreadyRecording(message, **common)
+    if _SESSION_PROCESSING.search(text):
+        return PreviousSessionProcessing(message, **common)
+    if _RECORDING_LIMIT.search(text):
+        return RecordingLimitReached(message, **common)
+    if any(phrase in text.lower() for phrase in not_live):
+        return NotLive(message, **common)
     return RequestRefused(message, **common)
 
 
