@@ -7,15 +7,18 @@ rooms are 404) and can misbehave on purpose: latency, 5xx, its own 429 limit wit
 ``script()`` queues exact answers for the next start calls, used in order before any random
 fault. Every start/end call is logged on arrival (the last ``max_calls`` are kept).
 
-Control endpoints, without auth, for tests in other processes and the demo: ``GET
-/_sandbox/health``, ``GET /_sandbox/calls``, ``GET /_sandbox/rooms``, ``POST /_sandbox/script``
-(a list of scripted answers, appended), ``POST /_sandbox/faults`` (Faults fields to update),
-``POST /_sandbox/reset``. A fractional ``retry_after_s`` is sent as a decimal, which the RFC
-does not allow but which keeps tests fast. A stopped server cannot be started again.
+It models live sessions and the account's limits: with ``Faults.require_live`` a start of a
+room with no live session is refused "No active session found for this room"; a room goes live
+when told (``go_live``, ``POST /_sandbox/rooms/{roomId}/live``) or ``Faults.live_after_s`` after
+its first start; ``refuse_as_processing`` and ``Faults.max_recordings`` refuse starts account-
+wide. Control endpoints (``tasks.sandbox.control``, without auth) drive it from other processes.
+A stopped server cannot be started again.
 
-Modules: ``faults`` (Faults, answer bodies), ``auth`` (HS256 token check), ``limiter`` (the 429
-token bucket), ``handler`` (HTTP handler and threading server), ``server`` (SandboxServer) and
-``command`` (``recorder sandbox``, as ``main``).
+Modules: ``faults`` (Faults, answer bodies, the PROCESSING refusal), ``auth`` (HS256 token
+check), ``limiter`` (the 429 token bucket), ``sessions`` (rooms' live sessions and recordings),
+``recordings`` (RecordingsApi: state and answers), ``control`` (control endpoints), ``handler``
+(HTTP handler and threading server), ``server`` (SandboxServer) and ``command`` (``recorder
+sandbox``, as ``main``).
 """
 
 from __future__ import annotations

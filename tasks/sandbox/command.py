@@ -25,6 +25,24 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected N/s, N/m or N/h, got {text!r}") from None
 
 
+def _seconds(text: str) -> float:
+    """``--live-after``: seconds, not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds (0 or more), got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """``--max-recordings``: a whole number, not negative."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``recorder sandbox`` command: serve until SIGINT or SIGTERM, then return 0."""
     secret, secret_file = os.environ.get("VIDEOSDK_SECRET"), os.environ.get("VIDEOSDK_SECRET_FILE")
@@ -45,6 +63,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-rate", type=float, default=0.0, help="fraction answered late")
     parser.add_argument("--hang-s", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--require-live",
+        action="store_true",
+        help="refuse a start (400) while its room has no live session",
+    )
+    parser.add_argument(
+        "--live-after",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="a room goes live S s after its first start call (else: when told)",
+    )
+    parser.add_argument(
+        "--max-recordings",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="refuse a start (400) while N recordings run",
+    )
     args = parser.parse_args(argv)
     faults = Faults(
         latency_s=args.latency_ms / 1000,
@@ -55,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         retry_after_s=None if args.retry_after < 0 else args.retry_after,
         timeout_rate=args.timeout_rate,
         hang_s=args.hang_s,
+        require_live=args.require_live,
+        live_after_s=args.live_after,
+        max_recordings=args.max_recordings,
     )
     server = SandboxServer(
         args.host,

@@ -20,17 +20,15 @@ logger = logging.getLogger(__name__)
 class Backend(Protocol):
     """What the handler asks of the sandbox."""
 
-    def calls(self) -> list[dict[str, Any]]: ...
-
-    def recording_rooms(self) -> set[str]: ...
-
     def track_connection(self, conn: socket.socket, *, open_: bool) -> None: ...
+
+    def query(self, path: str) -> Reply: ...
 
     def dispatch(self, path: str, headers: Any, raw: bytes) -> Reply: ...
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Answers GETs of the control endpoints here, and hands every POST to the backend."""
+    """Hands every GET and POST, with its path cut before any ``?``, to the backend."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, so pooled sessions reuse connections
     wbufsize = 65536  # headers and body leave in one send (handle_one_request flushes)
@@ -62,15 +60,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        sandbox, path = self.server.sandbox, self.path.split("?", 1)[0]
-        if path == "/_sandbox/health":
-            self.send(200, {"ok": True})
-        elif path == "/_sandbox/calls":
-            self.send(200, sandbox.calls())
-        elif path == "/_sandbox/rooms":
-            self.send(200, sorted(sandbox.recording_rooms()))
-        else:
-            self.send(404, {"message": "Not found"})
+        self.send(*self.server.sandbox.query(self.path.split("?", 1)[0]))
 
     def do_POST(self) -> None:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
