@@ -16,6 +16,7 @@ import redis
 from tasks.delivery.dispatcher import Dispatcher, Publish, QueueDepth
 from tasks.delivery.runner import Runner
 from tasks.settings import VISIBILITY_TIMEOUT_S, Settings, settings
+from tasks.store import metrics
 from tasks.store.connections import redis_client
 from tasks.store.jobs import JobStore
 from tasks.store.ratelimit import RedisRateLimiter
@@ -23,6 +24,8 @@ from tasks.videosdk.client import ApiClient
 from tasks.videosdk.tokens import TokenMinter
 
 T = TypeVar("T")
+#: calls that must have been measured before their latency sizes a worker's pool
+LATENCY_SAMPLE_MIN = 100
 _lock = threading.RLock()
 _cache: dict[str, object] = {}
 _pid = os.getpid()
@@ -105,6 +108,19 @@ def runner() -> Runner:
         )
 
     return _once("runner", build)
+
+
+def measured_api_latency_s() -> float | None:
+    """The API's p90 latency measured by every worker so far, seconds; None when too few calls
+    were measured (under :data:`LATENCY_SAMPLE_MIN`) or Redis does not answer."""
+    s = settings()
+    try:
+        latency = metrics.snapshot(redis_conn(), s.key_prefix)["api_latency_ms"]
+    except (redis.RedisError, OSError):
+        return None
+    if latency["count"] < LATENCY_SAMPLE_MIN or latency["p90"] is None:
+        return None
+    return float(latency["p90"]) / 1000
 
 
 def new_dispatcher(publish: Publish, queue_depth: QueueDepth | None = None) -> Dispatcher:

@@ -31,6 +31,11 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: by a worker killed with SIGKILL waits before it is redelivered.
 VISIBILITY_TIMEOUT_S = 900
 DEFAULT_QUEUE = "recorder"
+#: ``RECORDER_CONCURRENCY=auto`` (the default) sizes a worker's pool in this range...
+CONCURRENCY_MIN = 32
+CONCURRENCY_MAX = 256
+#: ...assuming this API latency, seconds, until calls have been measured (``sized_concurrency``)
+ASSUMED_API_LATENCY_S = 0.5
 
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
@@ -78,7 +83,8 @@ class Settings:
     read_timeout_s: float = 30.0
     inline_wait_max_s: float = 3.0
     worker_pool: str = "threads"
-    worker_concurrency: int = 32
+    #: None ("auto"): sized at worker start by :func:`sized_concurrency`
+    worker_concurrency: int | None = None
     sentinel_master: str | None = None
     log_format: str = "text"
     key_prefix: str = "recorder"
@@ -144,7 +150,7 @@ class Settings:
             read_timeout_s=_number(env, "RECORDER_READ_TIMEOUT", 30.0, float, minimum=0.1),
             inline_wait_max_s=_number(env, "RECORDER_INLINE_WAIT_MAX", 3.0, float, minimum=0.0),
             worker_pool=env.get("RECORDER_POOL", "threads"),
-            worker_concurrency=_number(env, "RECORDER_CONCURRENCY", 32, int, minimum=1),
+            worker_concurrency=_concurrency(env),
             sentinel_master=env.get("REDIS_SENTINEL_MASTER") or None,
             log_format=_choice(env, "RECORDER_LOG_FORMAT", "text", LOG_FORMATS),
             key_prefix=env.get("RECORDER_KEY_PREFIX", "recorder"),
@@ -155,6 +161,26 @@ class Settings:
             start_window_s=_start_window(env),
             not_live_patterns=NOT_LIVE_PATTERNS + _phrases(env, "RECORDER_NOT_LIVE_PATTERNS"),
         )
+
+
+def sized_concurrency(rate_per_s: float, latency_s: float | None) -> int:
+    """Worker slots that sustain ``rate_per_s`` against an API answering in ``latency_s``.
+
+    Little's law: calls in flight = rate x latency; half as much again covers the latency's tail
+    and each job's own time in the worker. ``latency_s`` None (nothing measured yet) assumes
+    :data:`ASSUMED_API_LATENCY_S`. Within [:data:`CONCURRENCY_MIN`, :data:`CONCURRENCY_MAX`].
+    A thread pool of C slots against latency d is capped at C / d calls/s per worker, whatever
+    the rate limit (32 threads at 250 ms = 128/s), hence sizing by both.
+    """
+    in_flight = rate_per_s * (ASSUMED_API_LATENCY_S if latency_s is None else latency_s)
+    return max(CONCURRENCY_MIN, min(CONCURRENCY_MAX, math.ceil(in_flight * 1.5)))
+
+
+def _concurrency(env: Mapping[str, str]) -> int | None:
+    text = env.get("RECORDER_CONCURRENCY", "auto").strip().lower()
+    if text in ("", "auto"):
+        return None
+    return _number(env, "RECORDER_CONCURRENCY", CONCURRENCY_MIN, int, minimum=1)
 
 
 def _start_window(env: Mapping[str, str]) -> float:

@@ -14,11 +14,14 @@ from redis.sentinel import SentinelConnectionPool
 
 from tasks.errors import ConfigurationError
 from tasks.settings import (
+    CONCURRENCY_MAX,
+    CONCURRENCY_MIN,
     DEFAULT_API_BASE,
     DEFAULT_REDIS_URL,
     Secret,
     Settings,
     parse_rate,
+    sized_concurrency,
 )
 from tasks.store.connections import parse_sentinel_url, redis_client
 from worker.config import celery_config
@@ -42,7 +45,8 @@ def test_defaults_with_an_empty_environment() -> None:
     assert (s.max_attempts, s.max_lost_deliveries, s.backoff_max_s) == (8, 3, 60.0)
     assert (s.connect_timeout_s, s.read_timeout_s, s.inline_wait_max_s) == (5.0, 30.0, 3.0)
     assert (s.sweep_interval_s, s.job_ttl_s) == (10.0, 30 * 24 * 3600)
-    assert (s.worker_pool, s.worker_concurrency) == ("threads", 32)
+    assert (s.worker_pool, s.worker_concurrency) == ("threads", None)  # None: sized at start
+    assert (s.start_window_s, s.not_live_patterns[0]) == (600.0, "no active session")
     assert (s.sentinel_master, s.log_format, s.key_prefix) == (None, "text", "recorder")
     assert s.queue == "recorder"
     assert (s.beat_max_interval_s, s.beat_lock_timeout_s) == (5.0, 25)
@@ -361,3 +365,13 @@ def test_the_api_base_keeps_its_path_without_the_trailing_slash() -> None:
     assert from_env(VIDEOSDK_API_BASE="http://127.0.0.1:8080/v/").api_base == (
         "http://127.0.0.1:8080/v"
     )
+
+
+def test_auto_concurrency_follows_the_rate_limit_and_the_api_latency() -> None:
+    # Little's law with half as much again: 200/s x 0.25 s = 50 in flight -> 75 slots
+    assert sized_concurrency(200, 0.25) == 75
+    assert sized_concurrency(200, None) == 150  # nothing measured: 0.5 s assumed
+    assert sized_concurrency(10, 0.3) == CONCURRENCY_MIN  # never below the old fixed 32
+    assert sized_concurrency(10_000, 2.0) == CONCURRENCY_MAX
+    assert from_env(RECORDER_CONCURRENCY="auto").worker_concurrency is None
+    assert from_env(RECORDER_CONCURRENCY="12").worker_concurrency == 12

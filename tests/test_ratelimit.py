@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from tasks.store.ratelimit import MIN_FACTOR, RedisRateLimiter
+from tasks.store.ratelimit import MIN_FACTOR, RATE_MARGIN, RedisRateLimiter
 
 
 def admitted_now(limiter: RedisRateLimiter, tries: int) -> int:
@@ -18,7 +18,7 @@ def test_burst_is_admitted_at_once_then_the_rate_holds(rdb: redis.Redis) -> None
     limiter = RedisRateLimiter(client=rdb, rate_per_s=10, burst=3, prefix="t")
     assert admitted_now(limiter, 10) == 3
     wait = limiter.acquire(max_wait_s=0).wait_s
-    assert 0.05 < wait <= 0.1
+    assert 0.05 < wait <= 0.1 / RATE_MARGIN
 
 
 def test_burst_one_admits_exactly_one(rdb: redis.Redis) -> None:
@@ -31,16 +31,26 @@ def test_reserved_slots_are_spaced_by_the_emission_interval(rdb: redis.Redis) ->
     waits = [limiter.acquire(max_wait_s=10).wait_s for _ in range(5)]
     assert waits[0] == 0
     for i in range(1, 5):
-        assert waits[i] == pytest.approx(i * 0.05, abs=0.01)
+        assert waits[i] == pytest.approx(i * 0.05 / RATE_MARGIN, abs=0.01)
+
+
+def test_no_second_sees_more_calls_than_the_rate_whatever_the_jitter(rdb: redis.Redis) -> None:
+    # The spacing leaves RATE_MARGIN of room: a call sent up to that much of a second late
+    # still lands in a second that holds at most rate_per_s calls.
+    limiter = RedisRateLimiter(client=rdb, rate_per_s=200, burst=1, prefix="t")
+    slots = [time.monotonic() + limiter.acquire(max_wait_s=10).wait_s for _ in range(400)]
+    spacing_s = (slots[-1] - slots[0]) / 399
+    assert 1 / spacing_s <= 200 * RATE_MARGIN + 0.5
+    assert 1 / spacing_s >= 200 * RATE_MARGIN - 2
 
 
 def test_a_wait_beyond_max_wait_reserves_nothing(rdb: redis.Redis) -> None:
     limiter = RedisRateLimiter(client=rdb, rate_per_s=1, burst=1, prefix="t")
     assert limiter.acquire(max_wait_s=0).reserved
     refused = limiter.acquire(max_wait_s=0.5)
-    assert not refused.reserved and 0.9 < refused.wait_s <= 1.0
+    assert not refused.reserved and 0.9 < refused.wait_s <= 1 / RATE_MARGIN
     # nothing was reserved, so the next wait is still about one interval, not two
-    assert limiter.acquire(max_wait_s=0).wait_s <= 1.0
+    assert limiter.acquire(max_wait_s=0).wait_s <= 1 / RATE_MARGIN
 
 
 def test_admissions_over_a_window_never_exceed_rate_plus_burst(rdb: redis.Redis) -> None:

@@ -50,7 +50,8 @@ def celery_config(s: Settings) -> dict[str, object]:
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "worker_pool": s.worker_pool,
-        "worker_concurrency": s.worker_concurrency,
+        # RECORDER_CONCURRENCY=auto: sized when a worker starts (worker.signals.size_the_pool)
+        "worker_concurrency": s.worker_concurrency or "auto",
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Flower sees a job from the moment it is enqueued (flower#459); each event is one more
         # publish per job, so deployments without Flower may turn them off

@@ -11,9 +11,11 @@ import sys
 from typing import Any
 
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
+from celery.utils.sysinfo import is_auto_concurrency
 
 from tasks import logs, runtime
 from tasks.errors import ConfigurationError
+from tasks.settings import sized_concurrency
 from worker import upstream
 
 #: Celery's own per-task lines ("Task ... received", "Task ... succeeded in ...") say less than
@@ -36,6 +38,22 @@ def install_log_format(logger: logging.Logger, **_: Any) -> None:
         logs.install(logger, json_lines=False)
         return
     logs.install(logger, json_lines=s.log_format == "json", secrets=[s.secret])
+
+
+@worker_init.connect
+def size_the_pool(sender: Any = None, **_: Any) -> None:
+    """``RECORDER_CONCURRENCY=auto``: size a starting worker's pool to the rate limit and the
+    API's measured latency (``tasks.settings.sized_concurrency``).
+
+    The configuration says ``"auto"`` (``worker.config``); Celery sends ``worker_init`` before
+    it resolves that into a CPU count and builds the pool, so the worker's ``concurrency`` set
+    here is the pool's size. A ``--concurrency N`` on the command line is left alone, and so is
+    a prefork pool (processes are sized to the CPUs, by Celery's own ``auto``).
+    """
+    s = runtime.config()
+    auto = is_auto_concurrency(getattr(sender, "concurrency", None))
+    if s.worker_concurrency is None and auto and s.worker_pool == "threads":
+        sender.concurrency = sized_concurrency(s.rate_per_s, runtime.measured_api_latency_s())
 
 
 @worker_init.connect

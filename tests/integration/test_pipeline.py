@@ -184,3 +184,13 @@ def test_a_worker_with_a_malformed_api_base_stops_at_start_up_naming_the_variabl
 ) -> None:
     proc = worker_that_stops_at_start_up({**recorder_env, "VIDEOSDK_API_BASE": api_base})
     assert "VIDEOSDK_API_BASE must be an http:// or https:// URL with a host" in proc.stderr
+
+
+def test_a_worker_sizes_its_thread_pool_to_the_rate_limit_unless_told(
+    start_worker: StartWorker,
+) -> None:
+    # 200/s against an API not measured yet (0.5 s assumed): 150 threads, not a fixed 32
+    sized = start_worker(RECORDER_CONCURRENCY="auto", RECORDER_RATE_LIMIT="200/s")
+    assert "concurrency: 150 (thread)" in sized.log()
+    told = start_worker("--concurrency", "5", RECORDER_CONCURRENCY="auto")
+    assert "concurrency: 5 (thread)" in told.log()
