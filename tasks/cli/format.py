@@ -183,7 +183,14 @@ def job_view(job: Job) -> str:
         "request",
         "response",
     )
-    optional = ("run_at", "next_attempt_at", "schedule", "maybe_started", "deliveries")
+    optional = (
+        "run_at",
+        "next_attempt_at",
+        "start_deadline",
+        "schedule",
+        "maybe_started",
+        "deliveries",
+    )
     keys = [*always, *(k for k in optional if data.get(k))]
     width = max(len(k) for k in keys)
     return "\n".join(f"{k + ':':<{width + 1}} {_value(k, data.get(k))}" for k in keys)
