@@ -1,9 +1,11 @@
 """``recorder demo``: the whole pipeline on this machine, leaving no process behind.
 
-It starts a Redis, the sandbox API (with some 5xx and latency) and one real Celery worker, enqueues
-a batch of jobs (one to a missing room, one duplicate room, one scheduled a little later), shows a
-progress bar, then the outcome of every job, and stops everything it started, also on Ctrl-C or
-SIGTERM. Exit status 0 when every job reached a final state, 1 otherwise.
+It starts a Redis, the sandbox API (with some 5xx and latency, and starts only for rooms with a
+live session, as VideoSDK) and one real Celery worker, enqueues a batch of jobs (one to a missing
+room, one duplicate room, one scheduled a little later, one whose host joins late and one whose
+host never joins), shows a progress bar, then the outcome of every job, and stops everything it
+started, also on Ctrl-C or SIGTERM. Exit status 0 when every job reached a final state, 1
+otherwise.
 
 This module is the run: arguments, the batch plan, waiting, the summary and :func:`main`. What it
 runs on (which Redis, the worker process, the environment, cleanup) is ``tasks.cli.demo.stack``.
@@ -48,6 +50,10 @@ SECRET = "demo-secret"
 POLL_S = 0.2
 #: no job picked up this long after the worker started: it is not consuming, give up.
 STALL_S = 30.0
+#: the late host joins this long after the batch is enqueued; the absent one never does.
+LATE_HOST_S = 4.0
+LATE_ROOM, ABSENT_ROOM = "room-late-host", "room-nobody-joins"
+ABSENT_WINDOW_S = 8
 
 
 # -- the batch -----------------------------------------------------------------------------------
@@ -60,6 +66,8 @@ def plan(count: int) -> list[tuple[str, dict[str, Any]]]:
         ("missing-room", {}),  # the sandbox answers 404
         ("room-01", {}),  # a second start for room-01: refused as already recording
         ("room-scheduled", {"run_at": datetime.now(UTC) + timedelta(seconds=2)}),
+        (LATE_ROOM, {}),  # not live until LATE_HOST_S: refused, tried again, recorded
+        (ABSENT_ROOM, {"start_window_s": ABSENT_WINDOW_S}),  # never live: expired
     ]
     plain = max(count - len(specials), min(count, 1))
     for i in range(1, plain + 1):
@@ -127,6 +135,10 @@ def _describe(batch: list[tuple[str, dict[str, Any]]]) -> str:
         notes.append("room-01 is started twice")
     if "room-scheduled" in rooms:
         notes.append("room-scheduled runs 2 s later")
+    if LATE_ROOM in rooms:
+        notes.append(f"{LATE_ROOM}'s host joins {LATE_HOST_S:g} s late")
+    if ABSENT_ROOM in rooms:
+        notes.append(f"{ABSENT_ROOM}'s never does ({ABSENT_WINDOW_S} s window)")
     return "; ".join(notes) or "plain rooms"
 
 
@@ -207,11 +219,19 @@ def _run(args: argparse.Namespace, run_id: str, stack: contextlib.ExitStack) -> 
     sandbox = SandboxServer(
         api_key=API_KEY,
         secret=SECRET,
-        faults=Faults(latency_s=0.05, latency_jitter_s=0.1, error_rate=args.error_rate),
+        faults=Faults(
+            latency_s=0.05,
+            latency_jitter_s=0.1,
+            error_rate=args.error_rate,
+            require_live=True,
+        ),
         seed=args.seed,
     ).start()
     stack.callback(sandbox.stop)
-    say(f"sandbox   {sandbox.url} ({args.error_rate:.0%} answered 5xx, 50-150 ms latency)")
+    say(
+        f"sandbox   {sandbox.url} ({args.error_rate:.0%} answered 5xx, 50-150 ms latency, "
+        "starts only in rooms with a live session)"
+    )
     env = {
         "REDIS_URL": url,
         "VIDEOSDK_API_KEY": API_KEY,
@@ -230,6 +250,11 @@ def _run(args: argparse.Namespace, run_id: str, stack: contextlib.ExitStack) -> 
 
     started = time.monotonic()
     batch = plan(args.jobs)
+    for room, _ in batch:
+        if room == LATE_ROOM:
+            sandbox.go_live(room, after_s=LATE_HOST_S)
+        elif room != ABSENT_ROOM:
+            sandbox.go_live(room)  # the host is already in the room
     ids = [enqueue_recording(room, **options).id for room, options in batch]
     say(f"enqueued  {len(ids)} jobs: {_describe(batch)}")
     jobs = wait_until_finished(ids, timeout_s=args.timeout, worker=worker, log=log)
