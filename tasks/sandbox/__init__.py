@@ -14,11 +14,19 @@ its first start; ``refuse_as_processing`` and ``Faults.max_recordings`` refuse s
 wide. Control endpoints (``tasks.sandbox.control``, without auth) drive it from other processes.
 A stopped server cannot be started again.
 
+It also plays VideoSDK's side of a recording's life: signed webhooks (``recording-starting``
+... ``recording-stopped``, ``recording-failed``, ``session-started``/``-ended``) POSTed from a
+background thread with faults of their own (delay, drops, duplicates, reordering, retries), the
+RSA key that signs them (``GET /v2/public/rsa-public-key``, ``rotate_key``) and the recordings'
+history (``GET /v2/recordings?roomId=``).
+
 Modules: ``faults`` (Faults, answer bodies, the PROCESSING refusal), ``auth`` (HS256 token
 check), ``limiter`` (the 429 token bucket), ``sessions`` (rooms' live sessions and recordings),
-``recordings`` (RecordingsApi: state and answers), ``control`` (control endpoints), ``handler``
-(HTTP handler and threading server), ``server`` (SandboxServer) and ``command`` (``recorder
-sandbox``, as ``main``).
+``history`` (the recordings listed), ``signing`` (the RSA key pair), ``webhooks`` (the sending
+thread), ``lifecycle`` (which webhooks a change sends, and where), ``state`` (SandboxState: all
+state, one lock), ``recordings`` (RecordingsApi: the answers), ``control`` (control endpoints),
+``handler`` (HTTP handler and threading server), ``server`` (SandboxServer) and ``command``
+(``recorder sandbox``, as ``main``).
 """
 
 from __future__ import annotations

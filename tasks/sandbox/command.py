@@ -7,7 +7,7 @@ import os
 import signal
 
 from tasks.errors import ConfigurationError
-from tasks.sandbox.faults import Faults
+from tasks.sandbox.faults import PUBLIC_KEY_FORMATS, Faults
 from tasks.sandbox.server import SandboxServer
 from tasks.settings import parse_rate
 
@@ -26,7 +26,7 @@ def _rate(text: str) -> float:
 
 
 def _seconds(text: str) -> float:
-    """``--live-after``: seconds, not negative."""
+    """``--live-after``, ``--webhook-delay``, ``--webhook-retry-backoff``: seconds, not negative."""
     try:
         value = float(text)
     except ValueError:
@@ -34,6 +34,24 @@ def _seconds(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected seconds (0 or more), got {text!r}")
     return value
+
+
+def _fraction(text: str) -> float:
+    """``--webhook-drop-rate`` and ``--webhook-duplicate-rate``: from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}")
+    return value
+
+
+def _attempts(text: str) -> int:
+    """``--webhook-max-attempts``: 1 or more."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number (1 or more), got {text!r}")
+    return int(text)
 
 
 def _count(text: str) -> int:
@@ -82,7 +100,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="refuse a start (400) while N recordings run",
     )
+    _webhook_arguments(parser)
     args = parser.parse_args(argv)
+    private_key_pem = None
+    if args.rsa_private_key_file is not None:
+        try:
+            with open(args.rsa_private_key_file, "rb") as key_file:
+                private_key_pem = key_file.read()
+        except OSError as exc:
+            parser.error(f"--rsa-private-key-file: {exc.strerror}: {args.rsa_private_key_file}")
     faults = Faults(
         latency_s=args.latency_ms / 1000,
         latency_jitter_s=args.jitter_ms / 1000,
@@ -95,15 +121,28 @@ def main(argv: list[str] | None = None) -> int:
         require_live=args.require_live,
         live_after_s=args.live_after,
         max_recordings=args.max_recordings,
+        webhook_url=args.webhook_url,
+        webhook_delay_s=args.webhook_delay,
+        webhook_drop_rate=args.webhook_drop_rate,
+        webhook_duplicate_rate=args.webhook_duplicate_rate,
+        webhook_reorder=args.webhook_reorder,
+        webhook_max_attempts=args.webhook_max_attempts,
+        webhook_retry_backoff_s=args.webhook_retry_backoff,
+        public_key_format=args.public_key_format,
     )
-    server = SandboxServer(
-        args.host,
-        args.port,
-        api_key=args.api_key,
-        secret=args.secret,
-        faults=faults,
-        seed=args.seed,
-    )
+    try:
+        server = SandboxServer(
+            args.host,
+            args.port,
+            api_key=args.api_key,
+            secret=args.secret,
+            faults=faults,
+            seed=args.seed,
+            private_key_pem=private_key_pem,
+        )
+    except ValueError as exc:  # the key file holds no usable RSA private key
+        parser.error(f"--rsa-private-key-file: {exc}")
+    server.public_key_pem  # noqa: B018  made now, not when the first webhook waits for it
 
     def on_signal(signum: int, frame: object) -> None:
         server.interrupt()
@@ -114,3 +153,39 @@ def main(argv: list[str] | None = None) -> int:
     server.serve_forever()
     server.stop()
     return 0
+
+
+def _webhook_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the webhooks the sandbox sends, and of the key that signs them."""
+    group = parser.add_argument_group("webhooks (signed with the sandbox's RSA key)")
+    group.add_argument(
+        "--webhook-url", default=None, help="for starts without webhookUrl, and session events"
+    )
+    group.add_argument("--webhook-delay", type=_seconds, default=0.0, metavar="S")
+    group.add_argument("--webhook-drop-rate", type=_fraction, default=0.0, metavar="F")
+    group.add_argument("--webhook-duplicate-rate", type=_fraction, default=0.0, metavar="F")
+    group.add_argument(
+        "--webhook-reorder",
+        action="store_true",
+        help="hold a recording's webhooks until it ends, then send them shuffled",
+    )
+    group.add_argument("--webhook-max-attempts", type=_attempts, default=4, metavar="N")
+    group.add_argument(
+        "--webhook-retry-backoff",
+        type=_seconds,
+        default=0.5,
+        metavar="S",
+        help="wait before the 2nd try, doubled for each further one",
+    )
+    group.add_argument(
+        "--public-key-format",
+        choices=PUBLIC_KEY_FORMATS,
+        default="json",
+        help="GET /v2/public/rsa-public-key: {publicKey}, {data: {publicKey}} or the PEM text",
+    )
+    group.add_argument(
+        "--rsa-private-key-file",
+        default=None,
+        metavar="PATH",
+        help="sign with this PEM RSA private key (default: a new 2048-bit key for this run)",
+    )

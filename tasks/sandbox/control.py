@@ -2,11 +2,14 @@
 
 GET: ``/_sandbox/health``, ``/_sandbox/calls``, ``/_sandbox/rooms`` (recording rooms, a sorted
 list), ``/_sandbox/rooms/{roomId}`` (one room's state), ``/_sandbox/sessions`` (live sessions
-by room), ``/_sandbox/processing`` (the PROCESSING refusal).
+by room), ``/_sandbox/processing`` (the PROCESSING refusal), ``/_sandbox/webhooks`` (every
+webhook try, oldest first).
 POST: ``/_sandbox/script`` (scripted answers, appended), ``/_sandbox/faults`` (Faults fields to
 update), ``/_sandbox/reset``, ``/_sandbox/processing`` (``{"duration_s"?, "count"?}``),
 ``/_sandbox/rooms/{roomId}/live`` (``{}``: live now; ``{"after_s": S}``: S seconds from now;
-``{"never": true}``: never by itself) and ``/_sandbox/rooms/{roomId}/end`` (end its session).
+``{"never": true}``: never by itself), ``/_sandbox/rooms/{roomId}/end`` (end its session),
+``/_sandbox/rooms/{roomId}/fail`` (fail its recording) and ``/_sandbox/rsa-key/rotate`` (``{}``:
+a new key pair; ``{"privateKey": PEM}``: that one; answers ``{"publicKey": PEM}``).
 
 A room id in a path is percent-encoded (``urllib.parse.quote(room_id, safe="")``) and decoded
 once here, so ids holding ``/``, ``?``, ``%`` or any UTF-8 are reachable; ``/`` may also be sent
@@ -42,6 +45,9 @@ class Controlled(Protocol):
     def go_live(self, room: str, after_s: float = 0.0) -> str | None: ...
     def never_live(self, room: str) -> str | None: ...
     def end_session(self, room: str) -> str | None: ...
+    def fail_recording(self, room: str) -> str | None: ...
+    def webhooks(self) -> list[dict[str, Any]]: ...
+    def rotate_key(self, private_key_pem: str | bytes | None = None) -> str: ...
     def refuse_as_processing(
         self, *, duration_s: float | None = None, count: int | None = None
     ) -> dict[str, Any]: ...
@@ -59,6 +65,8 @@ def query(sandbox: Controlled, path: str) -> Reply:
         return 200, sandbox.sessions(), None
     if path == "/_sandbox/processing":
         return 200, sandbox.processing(), None
+    if path == "/_sandbox/webhooks":
+        return 200, sandbox.webhooks(), None
     if path.startswith(ROOMS):
         try:
             return 200, sandbox.room_state(_room_id(path[len(ROOMS) :])), None
@@ -88,8 +96,13 @@ def command(sandbox: Controlled, path: str, raw: bytes) -> Reply:
         if path == "/_sandbox/reset":
             sandbox.reset()
             return 200, {"ok": True}, None
+        if path == "/_sandbox/rsa-key/rotate":
+            pem = _object(payload, "rotate", {"privateKey"}).get("privateKey")
+            if pem is not None and not isinstance(pem, str):
+                raise ValueError("privateKey takes PEM text")
+            return 200, {"publicKey": sandbox.rotate_key(pem)}, None
         room_part, _, action = path.removeprefix(ROOMS).rpartition("/")
-        if path.startswith(ROOMS) and room_part and action in ("live", "end"):
+        if path.startswith(ROOMS) and room_part and action in ("live", "end", "fail"):
             return _room_command(sandbox, _room_id(room_part), action, payload)
     except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         return 400, {"message": str(exc)}, None
@@ -101,6 +114,10 @@ def _room_command(sandbox: Controlled, room: str, action: str, payload: Any) -> 
         _object(payload, "end", set())
         ended = sandbox.end_session(room)
         return 200, {**sandbox.room_state(room), "ended_session_id": ended}, None
+    if action == "fail":
+        _object(payload, "fail", set())
+        failed = sandbox.fail_recording(room)
+        return 200, {**sandbox.room_state(room), "failed_recording_id": failed}, None
     options = _object(payload, "live", {"after_s", "never"})
     never, after_s = options.get("never", False), options.get("after_s", 0)
     if not isinstance(never, bool) or (never and "after_s" in options):

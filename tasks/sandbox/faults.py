@@ -1,7 +1,9 @@
 """The sandbox's answers: the ``Faults`` it injects, its bodies, and refusals of a call.
 
 ``Faults`` are the misbehaviour of start calls that have no scripted answer, mutable at run
-time, among them the account's rules (``require_live``, ``max_recordings``). ``Reply`` is what
+time, among them the account's rules (``require_live``, ``max_recordings``), and of the
+webhooks the sandbox sends (``webhook_*``, see ``tasks.sandbox.webhooks``) and of its public
+key answer (``public_key_format``). ``Reply`` is what
 a call answers (status, body, headers); ``Refused`` answers at once; ``Processing`` is the
 "previous recording session is being processed" refusal, on for a while or for a few starts.
 A fractional ``retry_after_s`` is sent as a decimal, which the RFC does not allow but which
@@ -24,15 +26,23 @@ PROCESSING = "Previous recording session is being processed, please try again af
 RECORDING_LIMIT = "You have reached max limit of recording on organization"
 ERROR_STATUSES = (500, 502, 503)
 Reply = tuple[int, Any, dict[str, str] | None]  # status, body (bytes: sent as text), headers
-_NULLABLE = frozenset({"rate_limit_per_s", "retry_after_s", "live_after_s", "max_recordings"})
-_BOOLS = frozenset({"require_live"})
-_COUNTS = frozenset({"max_recordings"})  # whole numbers
-_NOT_NEGATIVE = frozenset({"live_after_s", "max_recordings"})
+PUBLIC_KEY_FORMATS = ("json", "data", "text")
+_NULLABLE = frozenset(
+    {"rate_limit_per_s", "retry_after_s", "live_after_s", "max_recordings", "webhook_url"}
+)
+_BOOLS = frozenset({"require_live", "webhook_reorder"})
+_COUNTS = frozenset({"max_recordings", "webhook_max_attempts"})  # whole numbers
+_NOT_NEGATIVE = frozenset(
+    {"live_after_s", "max_recordings", "webhook_delay_s", "webhook_retry_backoff_s"}
+)
+_FRACTIONS = frozenset({"webhook_drop_rate", "webhook_duplicate_rate"})  # 0 to 1
+_TEXTS = frozenset({"webhook_url"})
+_CHOICES = {"public_key_format": PUBLIC_KEY_FORMATS}
 
 
 @dataclass
 class Faults:
-    """Misbehaviour of start calls that have no scripted answer; mutable at run time."""
+    """Misbehaviour of unscripted start calls and of webhooks; mutable at run time."""
 
     latency_s: float = 0.0
     latency_jitter_s: float = 0.0  # plus uniform(0, jitter) on every start
@@ -46,6 +56,14 @@ class Faults:
     require_live: bool = False  # a start of a room with no live session: 400 NOT_LIVE
     live_after_s: float | None = None  # a room goes live this long after its first start
     max_recordings: int | None = None  # a start while this many record: 400 RECORDING_LIMIT
+    webhook_url: str | None = None  # for events of a start without webhookUrl, and sessions'
+    webhook_delay_s: float = 0.0  # each webhook leaves this long after its event
+    webhook_drop_rate: float = 0.0  # fraction of webhooks never sent
+    webhook_duplicate_rate: float = 0.0  # fraction of webhooks sent twice
+    webhook_reorder: bool = False  # a recording's events held until it ends, then shuffled
+    webhook_max_attempts: int = 4  # tries of a webhook answered 429/5xx or not at all
+    webhook_retry_backoff_s: float = 0.5  # before the 2nd attempt; doubled for each further one
+    public_key_format: str = "json"  # /v2/public/rsa-public-key: {publicKey}, {data}, PEM text
 
     def update(self, changes: dict[str, Any]) -> None:
         """Set fields by name; ValueError (and nothing set) for a bad name or value."""
@@ -64,6 +82,14 @@ def _valid(name: str, value: object) -> bool:
         return name in _NULLABLE
     if name in _BOOLS:
         return isinstance(value, bool)
+    if name in _TEXTS:
+        return isinstance(value, str) and bool(value)
+    if name in _CHOICES:
+        return value in _CHOICES[name]
+    if name in _FRACTIONS:
+        return _is_number(value) and isinstance(value, int | float) and value <= 1
+    if name == "webhook_max_attempts":
+        return _is_number(value, whole=True) and isinstance(value, int) and value >= 1
     return _is_number(value, whole=name in _COUNTS, signed=name not in _NOT_NEGATIVE)
 
 

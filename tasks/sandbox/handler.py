@@ -22,13 +22,13 @@ class Backend(Protocol):
 
     def track_connection(self, conn: socket.socket, *, open_: bool) -> None: ...
 
-    def query(self, path: str) -> Reply: ...
+    def query(self, path: str, query: str, headers: Any) -> Reply: ...
 
     def dispatch(self, path: str, headers: Any, raw: bytes) -> Reply: ...
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Hands every GET and POST, with its path cut before any ``?``, to the backend."""
+    """Hands every GET (its path, query string and headers) and POST to the backend."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, so pooled sessions reuse connections
     wbufsize = 65536  # headers and body leave in one send (handle_one_request flushes)
@@ -60,7 +60,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        self.send(*self.server.sandbox.query(self.path.split("?", 1)[0]))
+        path, _, query = self.path.partition("?")
+        self.send(*self.server.sandbox.query(path, query, self.headers))
 
     def do_POST(self) -> None:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():

@@ -1,8 +1,8 @@
-"""``RecordingsApi``: the sandbox's VideoSDK, its state and its answers to recording calls.
+"""``RecordingsApi``: the sandbox's VideoSDK answers to recording calls, on its state.
 
-It answers ``POST /v2/recordings/start`` and ``/end`` as the real API does, with the ``Faults``
-and scripted answers described in the package docstring, the rooms' live sessions of
-``tasks.sandbox.sessions`` and the account's refusals. ``SandboxServer`` serves it over HTTP.
+It answers ``POST /v2/recordings/start`` and ``/end`` and ``GET /v2/recordings`` as the real API
+does, with the ``Faults`` and scripted answers described in the package docstring, the state of
+``tasks.sandbox.state`` and the account's refusals. ``SandboxServer`` serves it over HTTP.
 Every method is thread-safe: one lock guards all mutable state, and no answer waits holding it.
 
 A start that passes auth and the body checks, and no scripted answer or random fault answers,
@@ -11,17 +11,28 @@ is refused (400, in this order) when the room has no live session and ``require_
 is on (``PROCESSING``), or while ``max_recordings`` recordings run (``RECORDING_LIMIT``).
 An end of a room that is not recording is refused (400, ``NOT_STARTED``); an end stops the
 recording but not the room's session (the meeting goes on): ``end_session()`` ends both.
+A successful start records in the room's session and, like a scripted answer that starts it,
+sends the webhooks of ``tasks.sandbox.lifecycle`` (a scripted start of a room that records
+already adds neither a recording nor a webhook); an end stops it, with its file.
+
+``GET /v2/recordings?roomId=R[&sessionId=S][&page=P][&perPage=N]`` (token checked as for the
+other calls; no fault applies) lists R's recordings newest first (``tasks.sandbox.history``):
+``{"pageInfo": {currentPage, perPage, lastPage, total}, "data": [...]}``; ``page`` from 1,
+``perPage`` 1 to 100 (default 20); a missing ``roomId`` or a bad number is 400, a ``missing-*``
+room 404. It is logged in ``calls()`` as the others are, with path ``/v2/recordings``.
+
+``GET /v2/public/rsa-public-key`` (no token needed) answers the key that verifies the webhooks:
+``{"publicKey": PEM}``, or ``{"data": {"publicKey": PEM}}`` or the PEM as text/plain, as
+``Faults.public_key_format`` says (``json``, ``data``, ``text``).
 """
 
 from __future__ import annotations
 
 import json
-import random
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from tasks.sandbox.auth import authorize
 from tasks.sandbox.faults import (
@@ -33,17 +44,18 @@ from tasks.sandbox.faults import (
     RECORDING_LIMIT,
     STARTED,
     STOPPED,
-    Faults,
-    Processing,
     Refused,
     Reply,
     default_body,
     retry_after,
 )
-from tasks.sandbox.limiter import TokenBucket
-from tasks.sandbox.sessions import Rooms, Session
+from tasks.sandbox.state import SandboxState
 
 PATHS = ("/v2/recordings/start", "/v2/recordings/end")
+LIST_PATH = "/v2/recordings"
+PUBLIC_KEY_PATH = "/v2/public/rsa-public-key"
+MAX_PER_PAGE = 100
+DEFAULT_PER_PAGE = 20
 
 _from_body: Callable[[dict[str, Any]], object] | None
 try:  # the request model is optional: without it only roomId is checked
@@ -54,111 +66,8 @@ except ImportError:
     _from_body = None
 
 
-def _session_id(session: Session | None) -> str | None:
-    return None if session is None else session.session_id
-
-
-class RecordingsApi:
-    """The recordings API's behaviour and state; see the module docstring."""
-
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        secret: str,
-        faults: Faults | None = None,
-        seed: int | None = None,
-        max_calls: int = 100_000,
-    ) -> None:
-        self.faults = faults or Faults()
-        self._api_key, self._secret = api_key, secret.encode()
-        self._rng = random.Random(seed)
-        self._lock = threading.Lock()  # guards all mutable state below
-        self._calls: deque[dict[str, Any]] = deque(maxlen=max_calls)
-        self._scripts: deque[dict[str, Any]] = deque()
-        self._rooms = Rooms()
-        self._processing = Processing()
-        self._bucket = TokenBucket()
-        self._stopping = threading.Event()  # set on stop: wakes delayed answers
-
-    def script(self, *responses: dict[str, Any]) -> None:
-        """Queue answers for the next start calls, after auth and body checks pass.
-
-        Keys: ``status`` (200), ``body`` (a str is sent verbatim as text/plain, anything else
-        as JSON; default per status), ``headers``, ``delay_s`` (wait before answering),
-        ``start`` (mark the room recording first, in a session opened if it has none; default:
-        status is 2xx). A scripted answer skips every fault and every refusal.
-        """
-        with self._lock:
-            self._scripts.extend(dict(r) for r in responses)
-
-    def calls(self) -> list[dict[str, Any]]:
-        """Start/end calls in arrival order: ``t`` (epoch s), ``path``, ``room_id``, ``status``."""
-        with self._lock:
-            return [dict(call) for call in self._calls]
-
-    def recording_rooms(self) -> set[str]:
-        with self._lock:
-            return set(self._rooms.recording)
-
-    def go_live(self, room: str, after_s: float = 0.0) -> str | None:
-        """Give ``room`` a live session now (its session id) or ``after_s`` later (None)."""
-        with self._lock:
-            session = self._rooms.go_live(room, now=time.time(), after_s=after_s)
-        return _session_id(session)
-
-    def never_live(self, room: str) -> str | None:
-        """Keep ``room`` from going live unless go_live() is called; ends its session (its id)."""
-        with self._lock:
-            session = self._rooms.never_live(room)
-        return _session_id(session)
-
-    def end_session(self, room: str) -> str | None:
-        """End ``room``'s live session and its recording; the ended session's id, or None."""
-        with self._lock:
-            session = self._rooms.end(room)
-        return _session_id(session)
-
-    def sessions(self) -> dict[str, dict[str, Any]]:
-        """Live sessions by room: ``session_id``, ``started_at`` (epoch s), ``recording``."""
-        with self._lock:
-            return self._rooms.sessions(now=time.time())
-
-    def room_state(self, room: str) -> dict[str, Any]:
-        """One room: ``room_id``, ``live``, ``session_id``, ``started_at``, ``live_at``, ..."""
-        with self._lock:
-            return self._rooms.describe(room, now=time.time())
-
-    def refuse_as_processing(
-        self, *, duration_s: float | None = None, count: int | None = None
-    ) -> dict[str, Any]:
-        """Refuse starts as PROCESSING for ``duration_s`` or ``count`` starts (0: off).
-
-        Whichever bound ends first ends it; ValueError for neither or a bad one. Returns
-        processing().
-        """
-        with self._lock:
-            now_s = time.monotonic()
-            self._processing.refuse(duration_s=duration_s, count=count, now_s=now_s)
-            return self._processing.state(now_s)
-
-    def processing(self) -> dict[str, Any]:
-        """The PROCESSING refusal: ``remaining_s``, ``count`` (None: unbounded; 0s: off)."""
-        with self._lock:
-            return self._processing.state(time.monotonic())
-
-    def reset(self) -> None:
-        """Forget calls, scripts, rooms, sessions, the PROCESSING refusal and the 429 bucket."""
-        with self._lock:
-            self._calls.clear()
-            self._scripts.clear()
-            self._rooms.clear()
-            self._processing = Processing()
-            self._bucket.reset()
-
-    def update_faults(self, changes: dict[str, Any]) -> None:
-        """Set Faults fields by name; ValueError (and nothing set) for a bad name or value."""
-        self.faults.update(changes)
+class RecordingsApi(SandboxState):
+    """The recordings API's answers; see the module docstring."""
 
     def answer(self, path: str, headers: Any, raw: bytes) -> Reply:
         """The answer to a POST of ``raw`` to ``path``, one of ``PATHS``; the call is logged."""
@@ -172,10 +81,59 @@ class RecordingsApi:
         record["status"] = reply[0]  # a single dict store is atomic; calls() copies under lock
         return reply
 
-    def _recording_call(self, path: str, headers: Any, raw: bytes, record: dict[str, Any]) -> Reply:
+    def public_key(self) -> Reply:
+        """The answer to ``GET /v2/public/rsa-public-key``, as ``Faults.public_key_format`` says."""
+        pem = self.public_key_pem
+        if self.faults.public_key_format == "text":
+            return 200, pem.encode("ascii"), None
+        if self.faults.public_key_format == "data":
+            return 200, {"data": {"publicKey": pem}}, None
+        return 200, {"publicKey": pem}, None
+
+    def listing(self, query: str, headers: Any) -> Reply:
+        """The answer to ``GET /v2/recordings?{query}``; the call is logged."""
+        record: dict[str, Any] = {
+            "t": time.time(),
+            "path": LIST_PATH,
+            "room_id": None,
+            "status": None,
+        }
+        with self._lock:
+            self._calls.append(record)
+        try:
+            reply = self._list(query, headers, record)
+        except Refused as refused:
+            reply = refused.reply
+        record["status"] = reply[0]
+        return reply
+
+    def _list(self, query: str, headers: Any, record: dict[str, Any]) -> Reply:
+        self._authorize(headers)
+        try:
+            params = {k: v[-1] for k, v in parse_qs(query, errors="strict").items()}
+        except ValueError:
+            raise Refused(400, "Query string is not valid UTF-8") from None
+        room = params.get("roomId")
+        if not room:
+            raise Refused(400, "roomId is required")
+        record["room_id"] = room
+        if room.startswith("missing-"):
+            raise Refused(404, "Room not found")
+        page = _whole(params, "page", 1, None)
+        per_page = _whole(params, "perPage", DEFAULT_PER_PAGE, MAX_PER_PAGE)
+        with self._lock:
+            found = self._life.history.page(
+                room, session_id=params.get("sessionId"), page=page, per_page=per_page
+            )
+        return 200, found, None
+
+    def _authorize(self, headers: Any) -> None:
         token = headers.get("Authorization") or ""
         now = time.time() + self.faults.clock_offset_s
         authorize(token, api_key=self._api_key, secret=self._secret, now=now)
+
+    def _recording_call(self, path: str, headers: Any, raw: bytes, record: dict[str, Any]) -> Reply:
+        self._authorize(headers)
         try:
             body = json.loads(raw or b"null")
         except ValueError:
@@ -191,9 +149,13 @@ class RecordingsApi:
                 if room not in self._rooms.recording:
                     raise Refused(400, NOT_STARTED)
                 self._rooms.recording.discard(room)  # the meeting, and its session, go on
+                self._life.stopped(room, now=time.time())
             return 200, STOPPED, None
-        with self._lock:
+        webhook_url = body.get("webhookUrl")
+        with self._lock:  # the URL first: the room may go live at once, and tell it
+            self._life.note_webhook_url(room, webhook_url)
             self._rooms.first_start(room, now=time.time(), live_after_s=self.faults.live_after_s)
+            self._wake_when_due(room)
         if _from_body is not None:
             try:
                 _from_body(body)
@@ -202,20 +164,22 @@ class RecordingsApi:
         with self._lock:
             scripted = self._scripts.popleft() if self._scripts else None
         if scripted is not None:
-            return self._scripted(scripted, room, record)
-        return self._start(room, record)
+            return self._scripted(scripted, room, webhook_url, record)
+        return self._start(room, webhook_url, record)
 
-    def _scripted(self, scripted: dict[str, Any], room: str, record: dict[str, Any]) -> Reply:
+    def _scripted(
+        self, scripted: dict[str, Any], room: str, webhook_url: object, record: dict[str, Any]
+    ) -> Reply:
         status = int(scripted.get("status", 200))
         if scripted.get("start", 200 <= status < 300):
             with self._lock:
-                self._rooms.start_recording(room, now=time.time())
+                self._start_recording(room, webhook_url)
         body = scripted.get("body", default_body(status))
         record["status"] = status
         self._stopping.wait(float(scripted.get("delay_s", 0)))
         return status, body.encode() if isinstance(body, str) else body, scripted.get("headers")
 
-    def _start(self, room: str, record: dict[str, Any]) -> Reply:
+    def _start(self, room: str, webhook_url: object, record: dict[str, Any]) -> Reply:
         faults, rng = self.faults, self._rng
         with self._lock:  # one acquisition for all draws keeps a seeded run repeatable
             limited = not self._bucket.take(faults.rate_limit_per_s)
@@ -234,7 +198,7 @@ class RecordingsApi:
         with self._lock:
             refusal = self._refusal(room)
             if refusal is None:
-                self._rooms.start_recording(room, now=time.time())
+                self._start_recording(room, webhook_url)
         reply: Reply = (200, STARTED, None)
         if refusal is not None:
             reply = (400, {"message": refusal}, None)
@@ -256,3 +220,14 @@ class RecordingsApi:
         if limit is not None and len(self._rooms.recording) >= limit:
             return RECORDING_LIMIT
         return None
+
+
+def _whole(params: dict[str, str], name: str, default: int, most: int | None) -> int:
+    """Query parameter ``name`` as a whole number from 1 (to ``most``), else Refused (400)."""
+    text = params.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= (most or int(text)):
+        limit = "" if most is None else f" to {most}"
+        raise Refused(400, f"{name} must be a whole number from 1{limit}")
+    return int(text)

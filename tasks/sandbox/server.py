@@ -1,7 +1,8 @@
 """``SandboxServer``: the sandbox's recordings API (``RecordingsApi``) served on a local port.
 
-It serves through ``tasks.sandbox.handler``: recording calls go to ``RecordingsApi.answer``,
-control endpoints to ``tasks.sandbox.control``. A stopped server cannot be started again.
+It serves through ``tasks.sandbox.handler``: recording calls go to ``RecordingsApi`` (``answer``,
+``listing``, ``public_key``), control endpoints to ``tasks.sandbox.control``. A stopped server
+cannot be started again; stopping it also stops its webhooks (those queued are not sent).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from tasks.sandbox import control
 from tasks.sandbox.faults import STARTED, STOPPED, Faults, Reply
 from tasks.sandbox.handler import Handler, HTTPServer
-from tasks.sandbox.recordings import PATHS, RecordingsApi
+from tasks.sandbox.recordings import LIST_PATH, PATHS, PUBLIC_KEY_PATH, RecordingsApi
 
 __all__ = ["STARTED", "STOPPED", "Faults", "SandboxServer"]
 
@@ -34,9 +35,17 @@ class SandboxServer(RecordingsApi):
         faults: Faults | None = None,
         seed: int | None = None,
         max_calls: int = 100_000,
+        private_key_pem: str | bytes | None = None,
     ) -> None:
+        """Bind ``host``:``port`` (0: any free port); ``private_key_pem``: the webhooks' RSA key
+        (PEM, unencrypted; default: a new 2048-bit key for this run, made when first needed)."""
         super().__init__(
-            api_key=api_key, secret=secret, faults=faults, seed=seed, max_calls=max_calls
+            api_key=api_key,
+            secret=secret,
+            faults=faults,
+            seed=seed,
+            max_calls=max_calls,
+            private_key_pem=private_key_pem,
         )
         self._conns: set[socket.socket] = set()  # guarded by self._lock
         self._thread: threading.Thread | None = None
@@ -73,6 +82,7 @@ class SandboxServer(RecordingsApi):
             self._serving = False
         self._httpd.server_close()
         self._stopping.set()
+        self._sender.stop()
         with self._lock:
             conns = list(self._conns)
         for conn in conns:  # frees handler threads blocked reading an idle keep-alive socket
@@ -92,8 +102,12 @@ class SandboxServer(RecordingsApi):
         with self._lock:
             (self._conns.add if open_ else self._conns.discard)(conn)
 
-    def query(self, path: str) -> Reply:
-        """The answer to a GET of ``path``."""
+    def query(self, path: str, query: str = "", headers: Any = None) -> Reply:
+        """The answer to a GET of ``path`` with ``query`` (the text after ``?``)."""
+        if path == LIST_PATH:
+            return self.listing(query, headers or {})
+        if path == PUBLIC_KEY_PATH:
+            return self.public_key()
         return control.query(self, path)
 
     def dispatch(self, path: str, headers: Any, raw: bytes) -> Reply:

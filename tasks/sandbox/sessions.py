@@ -8,14 +8,16 @@ Ending a session stops its recording; a recording always has a session (starting
 that is not live, when liveness is not required, opens a session for it). A room whose session
 ended does not go live again by ``live_after_s``: its first start is long past.
 
-Due times are epoch seconds, checked when asked (no timer threads): a session that went live
-while nobody looked has the due time as its ``started_at``. Not thread-safe: the server calls
+Due times are epoch seconds, checked when asked (``due_at`` tells the server when to ask): a
+session that went live while nobody looked has the due time as its ``started_at``. ``on_open``
+is called with each new session, the moment it is found open. Not thread-safe: the server calls
 it under its own lock.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +33,9 @@ class Session:
 class Rooms:
     """The rooms' sessions and recordings; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_open: Callable[[str, Session], None] | None = None) -> None:
         self.recording: set[str] = set()
+        self._on_open = on_open
         self._live: dict[str, Session] = {}
         self._due: dict[str, float] = {}  # room -> epoch s it goes live
         self._never: set[str] = set()
@@ -65,6 +68,10 @@ class Rooms:
         self._started.add(room)
         if live_after_s is not None and room not in self._never and room not in self._live:
             self._due.setdefault(room, now + live_after_s)
+
+    def due_at(self, room: str) -> float | None:
+        """The epoch s ``room`` goes live by itself, or None."""
+        return self._due.get(room)
 
     def session(self, room: str, *, now: float) -> Session | None:
         """``room``'s live session at ``now``, or None."""
@@ -120,4 +127,6 @@ class Rooms:
         live = self._live.get(room)
         if live is None:
             live = self._live[room] = Session(str(uuid.uuid4()), at)
+            if self._on_open is not None:
+                self._on_open(room, live)
         return live
