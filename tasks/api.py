@@ -13,19 +13,34 @@ from typing import Any
 from tasks import runtime
 from tasks.delivery.producer import Producer
 from tasks.errors import ValidationError
-from tasks.job import Job, Status
+from tasks.job import Job, Kind, Status
 from tasks.request import UNENCODABLE, is_utf8
-from worker.publish import publish_job
+from tasks.store.recordings import EventApplied
+from worker.publish import publish_job, send_notification
 
-__all__ = ["cancel_job", "enqueue_recording", "get_job", "list_jobs", "producer", "retry_job"]
+__all__ = [
+    "cancel_job",
+    "enqueue_recording",
+    "get_job",
+    "get_recording",
+    "handle_webhook",
+    "list_jobs",
+    "producer",
+    "retry_job",
+    "stop_recording",
+]
 
 LIST_LIMIT_MAX = 1000
 
 
 def producer() -> Producer:
     """The process's producer: the job store, publishing through the Celery app."""
+    s = runtime.config()
     return Producer(
-        store=runtime.store(), publish=publish_job, start_window_s=runtime.config().start_window_s
+        store=runtime.store(),
+        publish=publish_job,
+        start_window_s=s.start_window_s,
+        webhook_url=s.webhook_url,
     )
 
 
@@ -41,6 +56,8 @@ def enqueue_recording(
     idempotency_key: str | None = None,
     run_at: datetime | None = None,
     start_window_s: float | None = None,
+    max_duration_s: float | None = None,
+    notify_task: str | None = None,
     schedule: str | None = None,
 ) -> Job:
     """Enqueue a "start recording" job and return its record at once.
@@ -50,7 +67,11 @@ def enqueue_recording(
     returned instead and nothing is enqueued. With ``run_at`` in the future the job is
     ``scheduled`` until then. Start attempts are made until ``start_window_s`` (seconds;
     default ``RECORDER_START_WINDOW``, 600) after the due time (``run_at``, else now); a job not
-    started by then ends ``expired`` (see :mod:`tasks.window`).
+    started by then ends ``expired`` (see :mod:`tasks.window`). With ``max_duration_s`` a stop
+    job is scheduled that long after the start succeeds (``stop_job_id``). ``webhook_url``
+    defaults to ``RECORDER_WEBHOOK_URL``. ``notify_task`` (a Celery task name) is sent the job's
+    dict on every change of its status or recording status (:mod:`tasks.notify`). Raises
+    IdempotencyConflict (a ValidationError) when the key names a job of another room or body.
     """
     return producer().enqueue(
         room_id,
@@ -63,8 +84,49 @@ def enqueue_recording(
         idempotency_key=idempotency_key,
         run_at=run_at,
         start_window_s=start_window_s,
+        max_duration_s=max_duration_s,
+        notify_task=notify_task,
         schedule=schedule,
     )
+
+
+def stop_recording(
+    room_id: str,
+    *,
+    run_at: datetime | None = None,
+    idempotency_key: str | None = None,
+    notify_task: str | None = None,
+) -> Job:
+    """Enqueue a job of kind ``stop``: ``POST {api}/v2/recordings/end`` with ``{"roomId"}``.
+
+    Same validation, claim, retries, global rate limit, records and lookup as a start. A stop
+    refused as "not recording" ends ``succeeded`` when an earlier attempt may have stopped it,
+    else ``failed`` with ``error.type == "not_recording"``. Raises as ``enqueue_recording``.
+    """
+    return producer().stop(
+        room_id, run_at=run_at, idempotency_key=idempotency_key, notify_task=notify_task
+    )
+
+
+def handle_webhook(raw_body: bytes, signature: str | None) -> EventApplied:
+    """Verify and apply one VideoSDK webhook (``tasks.webhooks.receiver``), for mounting the
+    receiver in an application's own route.
+
+    ``signature`` is the ``videosdk-signature`` header. Raises InvalidWebhookSignature (a
+    ValueError: answer 401, nothing stored), InvalidWebhookBody (400), WebhookTooLarge (413) or
+    WebhookKeyUnavailable (503). Any verified event is accepted (answer 2xx), also one for an
+    unknown room or type; the result says what it did.
+    """
+    return runtime.webhook_receiver(send_notification).handle(raw_body, signature)
+
+
+def get_recording(room_id: str) -> dict[str, Any] | None:
+    """What is known of the room's latest recording: its most recent start job's
+    ``recording``, else the state of webhooks that matched no job, else None."""
+    for job in runtime.store().list(room_id=room_id, limit=20):
+        if job.kind is Kind.START and job.recording is not None:
+            return job.recording
+    return runtime.store().orphan_recording(room_id)
 
 
 def get_job(job_id: str) -> Job | None:

@@ -36,6 +36,19 @@ class ValidationError(RecorderError, ValueError):
         super().__init__(text)
 
 
+class IdempotencyConflict(ValidationError):
+    """Raised when an ``idempotency_key`` already names a job of another room, kind or body.
+
+    Nothing is stored; ``job_id`` is the job the key names (as Stripe answers a reused key).
+    """
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            "idempotency_key", f"already used by job {job_id} with a different room or body"
+        )
+
+
 class ConfigurationError(RecorderError):
     """Raised when a setting is missing or malformed (for example no VideoSDK secret)."""
 
@@ -88,6 +101,26 @@ class WindowClosed(RecorderError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"the start window of job {job_id} has closed")
+
+
+class InvalidWebhookSignature(RecorderError, ValueError):
+    """Raised when a webhook's ``videosdk-signature`` is missing or does not verify (HTTP 401)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"webhook refused: {reason}")
+
+
+class InvalidWebhookBody(RecorderError, ValueError):
+    """Raised when a verified webhook's body is not a JSON object (HTTP 400)."""
+
+
+class WebhookTooLarge(RecorderError, ValueError):
+    """Raised when a webhook's body is over the receiver's limit (HTTP 413)."""
+
+
+class WebhookKeyUnavailable(RecorderError):
+    """Raised when the webhook public key is not pinned and cannot be fetched (HTTP 503)."""
 
 
 class ApiError(RecorderError):
@@ -157,6 +190,12 @@ class AlreadyRecording(ApiError):
     """Raised when the API refused the start because the room is already being recorded."""
 
     error_type = "already_recording"
+
+
+class NotRecording(ApiError):
+    """Raised when the API refused a stop because the room is not being recorded."""
+
+    error_type = "not_recording"
 
 
 class WindowRefusal(ApiError):

@@ -9,6 +9,19 @@ from enum import StrEnum
 from typing import Any
 
 
+class Kind(StrEnum):
+    """What a job asks of the API: start a room's recording, or stop it."""
+
+    START = "start"
+    STOP = "stop"
+
+
+#: a recording's statuses (from VideoSDK's webhooks), in the only order they may move in:
+#: an event whose status ranks at or below the current one changes nothing (a duplicate, a
+#: late arrival). ``stopped`` and ``failed`` both end a recording.
+RECORDING_RANK = {"starting": 1, "started": 2, "stopping": 3, "stopped": 4, "failed": 4}
+
+
 class Status(StrEnum):
     """Where a job is in its life. Terminal statuses never change again (but see ``retry``)."""
 
@@ -47,6 +60,13 @@ class Job:
     ``lost_deliveries`` (deliveries whose worker died before finishing), ``schedule`` (the
     recurring schedule that created it), ``start_window_s`` and ``start_deadline`` (ISO 8601
     UTC: the last moment a start attempt may be made, see :mod:`tasks.window`).
+
+    ``kind`` is ``start`` or ``stop``. ``recording`` is what VideoSDK's webhooks (or a
+    reconciliation) said of the recording a start job began: None until something is known,
+    then ``{"status", "session_id", "file_url", "file_path", "started_at", "stopped_at",
+    "failed_at", "updated_at", "event"}`` (times ISO 8601 UTC, ``event`` the last webhook type
+    applied). ``max_duration_s`` and ``stop_job_id``: the stop scheduled when the start
+    succeeded. ``notify_task``: the Celery task told of every change (see ``tasks.notify``).
     """
 
     id: str
@@ -70,6 +90,11 @@ class Job:
     schedule: str | None = None
     start_window_s: float | None = None
     start_deadline: str | None = None
+    kind: Kind = Kind.START
+    recording: dict[str, Any] | None = None
+    max_duration_s: float | None = None
+    stop_job_id: str | None = None
+    notify_task: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -82,6 +107,7 @@ class Job:
         data.pop("extra")
         data.pop("in_flight")
         data["status"] = self.status.value
+        data["kind"] = self.kind.value
         return data
 
     @classmethod
@@ -96,4 +122,5 @@ class Job:
         kwargs = {k: v for k, v in data.items() if k in known}
         extra = {k: v for k, v in data.items() if k not in known}
         kwargs["status"] = Status(kwargs["status"])
+        kwargs["kind"] = Kind(kwargs.get("kind") or Kind.START)
         return cls(**kwargs, extra=extra)

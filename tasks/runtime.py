@@ -14,7 +14,9 @@ from typing import TypeVar
 import redis
 
 from tasks.delivery.dispatcher import Dispatcher, Publish, QueueDepth
+from tasks.delivery.reconciler import Reconciler
 from tasks.delivery.runner import Runner
+from tasks.notify import Notifier
 from tasks.settings import VISIBILITY_TIMEOUT_S, Settings, settings
 from tasks.store import metrics
 from tasks.store.connections import redis_client
@@ -22,8 +24,12 @@ from tasks.store.jobs import JobStore
 from tasks.store.ratelimit import RedisRateLimiter
 from tasks.videosdk.client import ApiClient
 from tasks.videosdk.tokens import TokenMinter
+from tasks.webhooks.keys import PublicKeys
+from tasks.webhooks.receiver import WebhookReceiver
 
 T = TypeVar("T")
+#: ``send(task_name, job_dict, queue=...)``: sends a notification (``worker.publish``)
+SendTask = Callable[..., None]
 #: calls that must have been measured before their latency sizes a worker's pool
 LATENCY_SAMPLE_MIN = 100
 _lock = threading.RLock()
@@ -82,32 +88,71 @@ def limiter() -> RedisRateLimiter:
     )
 
 
-def runner() -> Runner:
-    """The worker's runner; raises ConfigurationError without an API key and secret."""
+def notifier(send: SendTask | None) -> Notifier:
+    """Tells jobs' ``notify_task`` through ``send(name, args, queue=)`` (``worker.publish``)."""
+    queue = settings().notify_queue
+    if send is None:
+        return Notifier(None)
+    return Notifier(lambda name, job: send(name, job, queue=queue))
+
+
+def api_client() -> ApiClient:
+    """The API client with the worker's credentials; raises ConfigurationError without them."""
+
+    def build() -> ApiClient:
+        s = settings()
+        api_key, secret = s.require_credentials()
+        return ApiClient(
+            base_url=s.api_base,
+            minter=TokenMinter(api_key=api_key, secret=secret),
+            connect_timeout_s=s.connect_timeout_s,
+            read_timeout_s=s.read_timeout_s,
+            not_live_patterns=s.not_live_patterns,
+        )
+
+    return _once("api_client", build)
+
+
+def runner(send: SendTask | None = None) -> Runner:
+    """The worker's runner; raises ConfigurationError without an API key and secret.
+
+    ``send`` sends jobs' notifications (Celery's ``worker.publish.send_notification``).
+    """
 
     def build() -> Runner:
         s = settings()
-        api_key, secret = s.require_credentials()
-        minter = TokenMinter(api_key=api_key, secret=secret)
-        client = ApiClient(
-            base_url=s.api_base,
-            minter=minter,
-            connect_timeout_s=s.connect_timeout_s,
-            read_timeout_s=s.read_timeout_s,
-        )
+        client = api_client()
         return Runner(
             store=store(),
             client=client,
             limiter=limiter(),
-            minter=minter,
+            minter=client.minter,
             max_attempts=s.max_attempts,
             max_lost_deliveries=s.max_lost_deliveries,
             backoff_max_s=s.backoff_max_s,
             inline_wait_max_s=s.inline_wait_max_s,
             lease_s=s.lease_s,
+            reconcile_after_s=s.reconcile_after_s,
+            notify=notifier(send),
         )
 
     return _once("runner", build)
+
+
+def reconciler(send: SendTask | None = None) -> Reconciler:
+    """A worker's reconciler (not yet started); raises ConfigurationError without credentials."""
+    return Reconciler(store=store(), client=api_client(), limiter=limiter(), notify=notifier(send))
+
+
+def webhook_receiver(send: SendTask | None = None) -> WebhookReceiver:
+    """The webhook receiver: the pinned key, else the one the API serves (fetched, cached)."""
+
+    def build() -> WebhookReceiver:
+        s = settings()
+        keys = PublicKeys(pinned_pem=s.webhook_public_key, api_base=s.api_base)
+        return WebhookReceiver(store=store(), keys=keys, notify=notifier(send))
+
+    return _once("webhook_receiver", build)
 
 
 def measured_api_latency_s() -> float | None:

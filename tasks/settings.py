@@ -94,6 +94,10 @@ class Settings:
     beat_lock_timeout_s: int = 25
     start_window_s: float = 600.0
     not_live_patterns: tuple[str, ...] = NOT_LIVE_PATTERNS
+    webhook_url: str | None = None
+    webhook_public_key: str | None = None
+    reconcile_after_s: float = 120.0
+    notify_queue: str = "celery"
 
     @property
     def lease_s(self) -> float:
@@ -160,6 +164,12 @@ class Settings:
             beat_lock_timeout_s=beat_lock_timeout_s,
             start_window_s=_start_window(env),
             not_live_patterns=NOT_LIVE_PATTERNS + _phrases(env, "RECORDER_NOT_LIVE_PATTERNS"),
+            webhook_url=env.get("RECORDER_WEBHOOK_URL") or None,
+            webhook_public_key=_read_text(
+                env, "VIDEOSDK_WEBHOOK_PUBLIC_KEY", "VIDEOSDK_WEBHOOK_PUBLIC_KEY_FILE"
+            ),  # fmt: skip
+            reconcile_after_s=_number(env, "RECORDER_RECONCILE_AFTER", 120.0, float, minimum=1.0),
+            notify_queue=env.get("RECORDER_NOTIFY_QUEUE") or "celery",
         )
 
 
@@ -241,20 +251,24 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _read_secret(env: Mapping[str, str]) -> Secret | None:
-    if env.get("VIDEOSDK_SECRET"):
-        return Secret(env["VIDEOSDK_SECRET"])
-    path = env.get("VIDEOSDK_SECRET_FILE")
+    text = _read_text(env, "VIDEOSDK_SECRET", "VIDEOSDK_SECRET_FILE")
+    return None if text is None else Secret(text)
+
+
+def _read_text(env: Mapping[str, str], name: str, file_name: str) -> str | None:
+    """``name``'s value, else the text of the file ``file_name`` names, else None."""
+    if env.get(name):
+        return env[name]
+    path = env.get(file_name)
     if not path:
         return None
     try:
         text = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigurationError(
-            f"VIDEOSDK_SECRET_FILE={path} cannot be read: {exc.strerror}"
-        ) from None
+        raise ConfigurationError(f"{file_name}={path} cannot be read: {exc.strerror}") from None
     if not text:
-        raise ConfigurationError(f"VIDEOSDK_SECRET_FILE={path} is empty")
-    return Secret(text)
+        raise ConfigurationError(f"{file_name}={path} is empty")
+    return text
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:

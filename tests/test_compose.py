@@ -30,8 +30,10 @@ CELERY_COMMANDS = {"worker", "beat", "flower"}
 INTERPOLATED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 #: how the code reads a variable: env.get("X"), os.environ.get("X"), env["X"], _number(env, "X"
 READ_IN_CODE = re.compile(
-    r"""(?:environ|env)(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]+)["']|\(env,\s*["']([A-Z][A-Z0-9_]+)["']"""
+    r"""(?:environ|env)(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]+)["']|\(\s*env,\s*["']([A-Z][A-Z0-9_]+)["']"""
 )
+#: a variable read through a file-or-value helper: ``_read_text(env, "NAME", "NAME_FILE")``
+READ_PAIR = re.compile(r"""\(\s*env,\s*["'][A-Z][A-Z0-9_]+["'],\s*["']([A-Z][A-Z0-9_]+)["']""")
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +123,7 @@ def test_every_variable_the_code_reads_is_in_env_example() -> None:
     for path in [*ROOT.glob("worker/*.py"), *ROOT.glob("tasks/*.py")]:
         for match in READ_IN_CODE.finditer(path.read_text(encoding="utf-8")):
             read.add(match.group(1) or match.group(2))
+        read |= set(READ_PAIR.findall(path.read_text(encoding="utf-8")))
     assert {"REDIS_URL", "VIDEOSDK_SECRET_FILE", "RECORDER_RATE_LIMIT"} <= read  # the regex works
     missing = read - documented()
     assert not missing, f"not in .env.example: {sorted(missing)}"
@@ -128,12 +131,12 @@ def test_every_variable_the_code_reads_is_in_env_example() -> None:
 
 def test_the_app_passes_through_every_setting(compose: dict[str, Any]) -> None:
     env_names = set(compose["x-app"]["environment"])
-    settings_read = {
-        m.group(1) or m.group(2)
-        for m in READ_IN_CODE.finditer((ROOT / "tasks" / "settings.py").read_text())
-    }
+    code = (ROOT / "tasks" / "settings.py").read_text()
+    settings_read = {m.group(1) or m.group(2) for m in READ_IN_CODE.finditer(code)}
+    settings_read |= set(READ_PAIR.findall(code))
     # the secret arrives as a file, only in the services that need it
     assert settings_read - env_names == {"VIDEOSDK_SECRET", "VIDEOSDK_SECRET_FILE"}
+    assert "VIDEOSDK_WEBHOOK_PUBLIC_KEY_FILE" in settings_read
 
 
 def test_redis_runs_as_a_broker_needs(compose: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from tenacity import stop_after_delay
 
 from tasks.delivery.runner import Runner
 from tasks.errors import ClaimFailed
-from tasks.job import Job, Status
+from tasks.job import Job, Kind, Status
 from tasks.sandbox.server import SandboxServer
 from tasks.store import connections
 from tasks.store.jobs import JobStore
@@ -340,15 +340,15 @@ def test_an_unexpected_exception_in_an_attempt_is_a_recorded_internal_error_retr
 ) -> None:
     # Given a client that fails once on something no API answer explains
     runner = make_runner()
-    real = runner.client.start_recording
+    real = runner.client.call
     surprises = [OverflowError("cannot convert float infinity to integer")]
 
-    def start(body: dict[str, Any]) -> Any:
+    def call(kind: Kind, body: dict[str, Any]) -> Any:
         if surprises:
             raise surprises.pop()
-        return real(body)
+        return real(kind, body)
 
-    monkeypatch.setattr(runner.client, "start_recording", start)
+    monkeypatch.setattr(runner.client, "call", call)
     # Then that attempt is a failed attempt like a 5xx, and the next one succeeds
     job_id = enqueue(store)
     assert runner.run(job_id).word == "succeeded"
@@ -365,10 +365,10 @@ def test_a_delivery_that_always_fails_unexpectedly_ends_failed_as_internal_error
 ) -> None:
     runner = make_runner(max_attempts=3)
 
-    def start(body: dict[str, Any]) -> Any:
+    def call(kind: Kind, body: dict[str, Any]) -> Any:
         raise requests.exceptions.InvalidSchema("No connection adapters for 'ftp://u:pw@host'")
 
-    monkeypatch.setattr(runner.client, "start_recording", start)
+    monkeypatch.setattr(runner.client, "call", call)
     job_id = enqueue(store)
     assert runner.run(job_id).word == "failed"
     job = store.get(job_id)

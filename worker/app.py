@@ -13,4 +13,5 @@ from celery import Celery
 app = Celery("videosdk-recorder", events="worker.events:RecorderEvents")
 app.config_from_object("worker.config:CELERY_SETTINGS")
 app.steps["worker"].add("worker.bootsteps:DueJobDispatcher")
+app.steps["worker"].add("worker.bootsteps:Reconciliation")
 app.steps["consumer"].add("worker.events:EventFlush")

@@ -48,6 +48,18 @@ def publish_job(job_id: str, room_id: str) -> None:
         raise ConnectionError(f"the job's message was not published: {exc}") from exc
 
 
+def send_notification(task_name: str, job: dict[str, Any], *, queue: str) -> None:
+    """Send the application's ``task_name`` one argument, the job's dict, on ``queue``.
+
+    Raises ConnectionError when Redis fails (the caller logs it: a notification never fails a
+    job). No task events: the application's workers report their own task.
+    """
+    try:
+        app.send_task(task_name, args=[job], queue=queue, routing_key=queue)
+    except BROKER_ERRORS as exc:
+        raise ConnectionError(f"{task_name} was not sent: {exc}") from exc
+
+
 def queue_depth() -> int:
     """Messages waiting on the queue our workers consume (``RECORDER_QUEUE``), by kombu's
     passive declare; 0 when it does not exist yet."""

@@ -31,7 +31,7 @@ from tasks.delivery.runner import Delivered
 from tasks.errors import ClaimFailed
 from tasks.job import Job, Status
 from worker.app import app
-from worker.publish import TASK_NAME
+from worker.publish import TASK_NAME, send_notification
 
 
 class JobFailed(Exception):
@@ -52,6 +52,7 @@ ERROR_TYPES = (
     "invalid_params",
     "missing",
     "not_live",
+    "not_recording",
     "rate_limit_cooldown",
     "rate_limit_wait",
     "rate_limited",
@@ -105,7 +106,7 @@ def start_recording(self: Any, job_id: str, room_id: str | None = None) -> str:
     Returns ``"succeeded"``; raises :class:`JobFailed` or Celery's ``Retry`` (module docstring).
     """
     try:
-        delivered: Delivered = runtime.runner().run(job_id)
+        delivered: Delivered = runtime.runner(send_notification).run(job_id)
     except ClaimFailed as exc:
         # nothing of this delivery is stored: the message goes back to the queue, never acked
         raise Reject(str(exc), requeue=True) from exc

@@ -10,12 +10,14 @@ was cancelled or taken over meanwhile.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tasks.delivery.leases import LeaseLost
 from tasks.delivery.state import DeliveryState, attempts_used, log_expired, log_state, logger
 from tasks.errors import ApiError
-from tasks.job import Job, Status, utc_iso
+from tasks.job import Job, Kind, Status, utc_iso
+from tasks.notify import changed
 from tasks.store.connections import through_outage
 from tasks.store.jobs import JobStore
 from tasks.window import expired_message
@@ -36,9 +38,23 @@ class Outcomes:
     deferred instead.
     """
 
-    def __init__(self, *, store: JobStore, inline_wait_max_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        inline_wait_max_s: float,
+        reconcile_after_s: float | None = None,
+        notify: Callable[[Job], None] | None = None,
+    ) -> None:
         self.store = store
         self.inline_wait_max_s = inline_wait_max_s
+        self.reconcile_after_s = reconcile_after_s
+        self.notify = notify or (lambda job: None)
+
+    def told(self, before: Job | None, after: Job | None) -> None:
+        """Tell the job's ``notify_task`` when its status (or recording's) changed."""
+        if after is not None and changed(before, after):
+            self.notify(after)
 
     def retrying(self, state: DeliveryState, exc: ApiError, wait_s: float) -> None:
         """Record that the attempt failed with ``exc`` and the next one comes in ``wait_s``."""
@@ -140,6 +156,7 @@ class Outcomes:
         )
         if result.job is not None and result.applied:
             log_expired(result.job)
+            self.told(job, result.job)
         return result.job
 
     def defer(
@@ -163,6 +180,8 @@ class Outcomes:
         )
 
     def succeeded(self, state: DeliveryState, http_status: int | None, body: Any) -> str:
+        """The job did what it asked; a start with ``max_duration_s`` gets its stop scheduled
+        (before this write: a crash in between makes the same stop again, by its key)."""
         patch = {
             "status": Status.SUCCEEDED.value,
             "in_flight": False,
@@ -172,7 +191,37 @@ class Outcomes:
             "error": None,
             "next_attempt_at": None,
         }
-        return self._finish(state, patch)
+        if state.job.kind is Kind.START and state.job.max_duration_s:
+            patch["stop_job_id"] = self._schedule_stop(state.job)
+        word = self._finish(state, patch)
+        if self.reconcile_after_s is not None:
+            through_outage(
+                self.store.schedule_reconcile,
+                state.job.id,
+                self.store.clock() + self.reconcile_after_s,
+            )
+        return word
+
+    def _schedule_stop(self, job: Job) -> str:
+        """Store the stop ``max_duration_s`` after now; its id (the same one on a replay)."""
+        assert job.max_duration_s is not None
+        stop, _ = through_outage(
+            self.store.create,
+            room_id=job.room_id,
+            request={"roomId": job.room_id},
+            idempotency_key=f"stop-after:{job.id}",
+            run_at_s=self.store.clock() + job.max_duration_s,
+            fields={"kind": Kind.STOP.value, "notify_task": job.notify_task},
+        )
+        logger.info(
+            "job %s: stop of room %s scheduled in %gs: job %s",
+            job.id,
+            job.room_id,
+            job.max_duration_s,
+            stop.id,
+            extra={"job_id": job.id, "room_id": job.room_id},
+        )
+        return stop.id
 
     def failed(
         self,
@@ -220,5 +269,6 @@ class Outcomes:
         if not result.applied and not _already_applied(result.job, patch):
             raise LeaseLost(result.reason)
         assert result.job is not None
-        state.job = result.job
+        before, state.job = state.job, result.job
         log_state(state)
+        self.told(before, state.job)

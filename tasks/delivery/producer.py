@@ -20,8 +20,9 @@ from typing import Any
 import redis
 
 from tasks.delivery.dispatcher import Publish
-from tasks.errors import BrokerUnavailable, JobNotFound, ValidationError
-from tasks.job import CANCELLABLE, Job, Status
+from tasks.errors import BrokerUnavailable, IdempotencyConflict, JobNotFound, ValidationError
+from tasks.job import CANCELLABLE, Job, Kind, Status
+from tasks.notify import check_notify_task
 from tasks.request import UNENCODABLE, RecordingRequest, is_utf8
 from tasks.store.jobs import JobStore
 from tasks.window import DEFAULT_START_WINDOW_S, check_start_window, too_late_message, window_fields
@@ -35,12 +36,19 @@ class Producer:
     """Enqueues, cancels and replays jobs in ``store``, publishing with ``publish``."""
 
     def __init__(
-        self, *, store: JobStore, publish: Publish, start_window_s: float = DEFAULT_START_WINDOW_S
+        self,
+        *,
+        store: JobStore,
+        publish: Publish,
+        start_window_s: float = DEFAULT_START_WINDOW_S,
+        webhook_url: str | None = None,
     ) -> None:
-        """``start_window_s``: the window of jobs that give none (``RECORDER_START_WINDOW``)."""
+        """``start_window_s``: the window of jobs that give none (``RECORDER_START_WINDOW``);
+        ``webhook_url``: the ``webhookUrl`` of starts that give none (``RECORDER_WEBHOOK_URL``)."""
         self.store = store
         self.publish = publish
         self.start_window_s = start_window_s
+        self.webhook_url = webhook_url
 
     def enqueue(
         self,
@@ -51,6 +59,8 @@ class Producer:
         schedule: str | None = None,
         start_window_s: float | None = None,
         due_at: datetime | None = None,
+        max_duration_s: float | None = None,
+        notify_task: str | None = None,
         **options: Any,
     ) -> Job:
         """Store a job (see ``tasks.enqueue_recording``) and publish it if it is due now.
@@ -58,10 +68,15 @@ class Producer:
         The start window (:mod:`tasks.window`) opens at ``run_at``, else ``due_at`` (a
         schedule's firing time), else now. A job whose window has already closed is stored
         ``expired`` and never published: a missed schedule slot still leaves its answer.
-        Raises ValidationError (nothing stored) or BrokerUnavailable (Redis did not take it).
+        Raises ValidationError (nothing stored; IdempotencyConflict when the key names a job of
+        another room or body) or BrokerUnavailable (Redis did not take it).
         """
+        if options.get("webhook_url") is None and self.webhook_url:
+            options["webhook_url"] = self.webhook_url
         request = RecordingRequest.build(room_id, **options)
         _check_key(idempotency_key)
+        stop_after_s = _check_max_duration(max_duration_s)
+        check_notify_task(notify_task)
         window_s = check_start_window(start_window_s) or self.start_window_s
         now_s = self.store.clock()
         run_at_s = _check_run_at(run_at, now_s=now_s, ttl_s=self.store.ttl_s)
@@ -83,13 +98,52 @@ class Producer:
                 run_at_s=run_at_s,
                 schedule=schedule,
                 job_id=uuid.uuid4().hex,
-                fields=window,
+                fields={
+                    **window,
+                    "kind": Kind.START.value,
+                    "max_duration_s": stop_after_s,
+                    "notify_task": notify_task,
+                },
                 expired=expired,
             )
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnavailable(f"Redis did not take the job: {exc}") from exc
+        return self._created(job, created, Kind.START, request.to_body())
+
+    def stop(
+        self,
+        room_id: str,
+        *,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        notify_task: str | None = None,
+    ) -> Job:
+        """Store a stop job (see ``tasks.stop_recording``) and publish it if it is due now."""
+        request = RecordingRequest.build(room_id)
+        _check_key(idempotency_key)
+        check_notify_task(notify_task)
+        run_at_s = _check_run_at(run_at, now_s=self.store.clock(), ttl_s=self.store.ttl_s)
+        body = {"roomId": request.to_body()["roomId"]}
+        try:
+            job, created = self.store.create(
+                room_id=room_id,
+                request=body,
+                idempotency_key=idempotency_key,
+                run_at_s=run_at_s,
+                job_id=uuid.uuid4().hex,
+                fields={"kind": Kind.STOP.value, "notify_task": notify_task},
+            )
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"Redis did not take the job: {exc}") from exc
+        return self._created(job, created, Kind.STOP, body)
+
+    def _created(self, job: Job, created: bool, kind: Kind, body: dict[str, Any]) -> Job:
+        """Publish a new job that is due now; an existing one must be the same request."""
+        if not created and (job.kind is not kind or job.request != body):
+            raise IdempotencyConflict(job.id)
         if created and job.status is Status.QUEUED:
             self._publish_new(job)
+        room_id = job.room_id
         logger.info(
             "job %s %s room=%s",
             job.id,
@@ -156,6 +210,14 @@ def _check_key(key: str | None) -> None:
         )
     if not is_utf8(key):
         raise ValidationError("idempotency_key", UNENCODABLE)
+
+
+def _check_max_duration(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400 * 7:
+        raise ValidationError("max_duration_s", "must be a number of seconds, more than 0")
+    return float(value)
 
 
 def _check_run_at(run_at: datetime | None, *, now_s: float, ttl_s: int) -> float | None:

@@ -11,8 +11,9 @@ A delivery:
 5. records ``succeeded``, ``failed`` or ``retrying``, and returns what it did
    (:class:`Delivered`); the caller (the Celery task) acks the message afterwards.
 
-An "already recording" refusal means success when an earlier attempt of this job may have
-started the recording (a timeout, a 5xx, a worker lost mid-call), and failure otherwise. A
+An "already recording" refusal of a start (a "not recording" refusal of a stop) means success
+when an earlier attempt of this job may have done it (a timeout, a 5xx, a worker lost mid-call),
+and failure otherwise. A
 refusal that is waited out in the start window ("not live yet", the account's limits) defers
 the job without using up its attempts; once the window has closed no call is made and the job
 ends ``expired`` (:mod:`tasks.window`).
@@ -44,11 +45,12 @@ from tasks.errors import (
     ApiError,
     Deferred,
     InternalError,
+    NotRecording,
     TokenRejected,
     WindowClosed,
     WindowRefusal,
 )
-from tasks.job import Status
+from tasks.job import Job, Status
 from tasks.store.jobs import JobStore
 from tasks.store.ratelimit import RedisRateLimiter
 from tasks.videosdk.client import ApiClient, ApiResponse
@@ -77,6 +79,8 @@ class Runner:
         backoff_max_s: float,
         inline_wait_max_s: float,
         lease_s: float,
+        reconcile_after_s: float | None = None,
+        notify: Callable[[Job], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -100,7 +104,12 @@ class Runner:
             max_lost_deliveries=max_lost_deliveries,
             host=self._host,
         )
-        self._outcomes = Outcomes(store=store, inline_wait_max_s=inline_wait_max_s)
+        self._outcomes = Outcomes(
+            store=store,
+            inline_wait_max_s=inline_wait_max_s,
+            reconcile_after_s=reconcile_after_s,
+            notify=notify,
+        )
         self._slots = RateSlots(
             limiter=limiter,
             outcomes=self._outcomes,
@@ -124,6 +133,7 @@ class Runner:
         state = DeliveryState(job, token, maybe_started, pre_begun=claim.began)
         if claim.began:
             log_state(state)
+            self._outcomes.notify(job)  # the claim made it running
         try:
             return Delivered(self._deliver(state), state.job)
         except Deferred as exc:
@@ -160,7 +170,9 @@ class Runner:
             return self._outcomes.expired(state)
         except WindowRefusal as exc:
             return self._wait_in_window(state, exc)
-        except AlreadyRecording as exc:
+        except (AlreadyRecording, NotRecording) as exc:
+            # a start refused as already recording, a stop as not recording: done, if an
+            # earlier attempt of this job may have done it
             if state.maybe_started:
                 return self._outcomes.succeeded(state, exc.http_status, exc.response)
             return self._outcomes.failed(state, exc, None)
@@ -190,7 +202,7 @@ class Runner:
             self._begin_attempt(state)
         try:
             try:
-                response = self.client.start_recording(state.job.request)
+                response = self.client.call(state.job.kind, state.job.request)
             except ApiError:
                 raise
             except Exception as exc:  # not a verdict of the API: an attempt failed on our side
@@ -237,8 +249,9 @@ class Runner:
         )
         if not begun.applied or begun.job is None:
             raise LeaseLost(begun.reason)
-        state.job = begun.job
+        before, state.job = state.job, begun.job
         log_state(state)
+        self._outcomes.told(before, state.job)
 
     def _check_window(self, state: DeliveryState) -> None:
         deadline = window.deadline_s(state.job)

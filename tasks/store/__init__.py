@@ -14,6 +14,12 @@ key                             type    holds (written by)
 ``{p}:status:{status}``         zset    job ids in that status, by creation ms
 ``{p}:due``                     zset    ids waiting for a time, by due ms: scheduled jobs,
                                         deferred retries, stranded jobs found by the sweeper
+``{p}:recording:{status}``      zset    start job ids by their recording's status (starting ..
+                                        stopped, failed), by creation ms (``recordings``)
+``{p}:orphan:{room_id}``        string  recording state of a room's webhook events that matched
+                                        no start job, JSON; expires with the record TTL
+``{p}:reconcile``               zset    succeeded start and stop job ids whose recording is to
+                                        be looked up at the API if still unknown, by due ms
 ``{p}:lease:{id}``              string  the token of the delivery working on the job; short PX
 ``{p}:held``                    zset    ids of jobs a delivery has claimed, by claim ms
 ``{p}:lock:sweep``              string  one dispatcher sweeps at a time; PX of a sweep interval

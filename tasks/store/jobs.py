@@ -20,15 +20,17 @@ from __future__ import annotations
 
 from tasks.store.claims import Claim, Claims
 from tasks.store.due import REDISPATCH_MS, DueSet
+from tasks.store.recordings import EventApplied, Recordings
 from tasks.store.writes import Update, Writes
 
-__all__ = ["REDISPATCH_MS", "Claim", "JobStore", "Update"]
+__all__ = ["REDISPATCH_MS", "Claim", "EventApplied", "JobStore", "Update"]
 
 
-class JobStore(Writes, Claims, DueSet):
+class JobStore(Writes, Claims, DueSet, Recordings):
     """Job records in Redis (the key schema is in :mod:`tasks.store`).
 
     Made of its parts, one concern each: ``Writes`` (create, update) on ``Reads`` (get, list,
-    counts), ``Claims`` and the ``DueSet``, sharing one ``Keyspace`` (client, prefix,
+    counts), ``Claims``, the ``DueSet`` and ``Recordings`` (webhook events), sharing one
+    ``Keyspace`` (client, prefix,
     ``ttl_s``, clock).
     """

@@ -254,3 +254,91 @@ for i = 7, #ARGV do
 end
 return found
 """
+
+# KEYS[1] the room's job index (``{prefix}:room:{room}``)
+# ARGV[1] prefix, ARGV[2] room id, ARGV[3] event type, ARGV[4] the recording status it means
+# ("" for a session event), ARGV[5] session id, ARGV[6] file URL, ARGV[7] file path ("" = not
+# given), ARGV[8] now as ISO 8601, ARGV[9] now ms, ARGV[10] record TTL s
+# One webhook event, applied to the room's most recent start job: the newest of its last 20 jobs
+# that has made a call, else the newest. A recording status moves only forward (RECORDING_RANK):
+# an event ranking at or below the current status changes nothing, so duplicates and late
+# arrivals are harmless. ``session-started`` makes a start job waiting for the room to go live
+# (``retrying``/``not_live``) due now. A recording event for a room with no start job is kept in
+# ``{prefix}:orphan:{room}`` (same merge, the record TTL), so a lookup still answers.
+# Returns {outcome, record or state JSON, previous recording status or ""}: outcome is applied,
+# unchanged, woken, noted (a session event with nothing to do), orphan or orphan_unchanged.
+APPLY_EVENT_LUA = """
+local RANK = {starting = 1, started = 2, stopping = 3, stopped = 4, failed = 4}
+local function merge(cur)
+  local r = cur or {session_id = cjson.null, file_url = cjson.null, file_path = cjson.null,
+                    started_at = cjson.null, stopped_at = cjson.null, failed_at = cjson.null}
+  r.status = ARGV[4]
+  if ARGV[5] ~= '' then r.session_id = ARGV[5] end
+  if ARGV[6] ~= '' then r.file_url = ARGV[6] end
+  if ARGV[7] ~= '' then r.file_path = ARGV[7] end
+  if ARGV[4] == 'started' then r.started_at = ARGV[8] end
+  if ARGV[4] == 'stopped' then r.stopped_at = ARGV[8] end
+  if ARGV[4] == 'failed' then r.failed_at = ARGV[8] end
+  r.updated_at = ARGV[8]
+  r.event = ARGV[3]
+  return r
+end
+local function forward(cur)
+  local current = 0
+  if type(cur) == 'table' then current = RANK[cur.status] or 0 end
+  return RANK[ARGV[4]] > current
+end
+local ids = redis.call('ZREVRANGE', KEYS[1], 0, 19)
+local id, rec, raw
+for _, candidate in ipairs(ids) do
+  local found = redis.call('GET', ARGV[1] .. ':job:' .. candidate)
+  if found then
+    local r = cjson.decode(found)
+    if (r.kind or 'start') == 'start' then
+      if (r.attempts or 0) > 0 then id, rec, raw = candidate, r, found; break end
+      if not id then id, rec, raw = candidate, r, found end
+    end
+  end
+end
+if ARGV[4] == '' then
+  if ARGV[3] == 'session-started' and rec and rec.status == 'retrying'
+      and type(rec.error) == 'table' and rec.error.type == 'not_live' then
+    rec._due = tonumber(ARGV[9])
+    rec.next_attempt_at = ARGV[8]
+    redis.call('ZADD', ARGV[1] .. ':due', ARGV[9], id)
+    raw = cjson.encode(rec)
+    redis.call('SET', ARGV[1] .. ':job:' .. id, raw, 'KEEPTTL')
+    return {'woken', raw, ''}
+  end
+  return {'noted', raw or '', ''}
+end
+if not rec then
+  local key = ARGV[1] .. ':orphan:' .. ARGV[2]
+  local old = redis.call('GET', key)
+  local state = old and cjson.decode(old)
+  if state and not forward(state) then return {'orphan_unchanged', old, state.status} end
+  local out = cjson.encode(merge(state))
+  redis.call('SET', key, out, 'EX', ARGV[10])
+  return {'orphan', out, state and state.status or ''}
+end
+if not forward(rec.recording) then
+  return {'unchanged', raw, type(rec.recording) == 'table' and rec.recording.status or ''}
+end
+local previous = type(rec.recording) == 'table' and rec.recording.status or ''
+rec.recording = merge(type(rec.recording) == 'table' and rec.recording or nil)
+local out = cjson.encode(rec)
+redis.call('SET', ARGV[1] .. ':job:' .. id, out, 'KEEPTTL')
+if previous ~= '' then redis.call('ZREM', ARGV[1] .. ':recording:' .. previous, id) end
+local index = ARGV[1] .. ':recording:' .. ARGV[4]
+redis.call('ZADD', index, rec._ts, id)
+redis.call('ZREMRANGEBYSCORE', index, '-inf', tonumber(ARGV[9]) - tonumber(ARGV[10]) * 1000)
+return {'applied', out, previous}
+"""
+
+# KEYS[1] reconcile zset; ARGV[1] now ms, ARGV[2] most ids
+# Takes the due ids (each to one caller: they are removed as they are handed out).
+POP_RECONCILE_LUA = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do redis.call('ZREM', KEYS[1], id) end
+return ids
+"""

@@ -1,4 +1,6 @@
-"""API client: one HTTP call to ``POST {base}/v2/recordings/start``, classified.
+"""API client: one HTTP call to ``POST {base}/v2/recordings/start`` (or ``/end``), classified.
+
+Also ``GET {base}/v2/recordings?roomId=`` for reconciliation (:meth:`ApiClient.list_recordings`).
 
 The client makes exactly one attempt per call; retrying is the runner's job. Every outcome that is
 not a 2xx becomes an :class:`~tasks.errors.ApiError` subclass saying whether it is retryable and
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -25,6 +28,7 @@ from tasks.errors import (
     CallTimedOut,
     ConnectionFailed,
     NotLive,
+    NotRecording,
     PreviousSessionProcessing,
     RateLimited,
     RecordingLimitReached,
@@ -32,15 +36,23 @@ from tasks.errors import (
     ServerFailed,
     TokenRejected,
 )
+from tasks.job import Kind
 from tasks.videosdk.retry import parse_retry_after
 from tasks.videosdk.tokens import TokenMinter
 from tasks.window import NOT_LIVE_PATTERNS
 
 START_PATH = "/v2/recordings/start"
+END_PATH = "/v2/recordings/end"
+LIST_PATH = "/v2/recordings"
+PATHS = {Kind.START: START_PATH, Kind.STOP: END_PATH}
 #: response bodies longer than this are cut before they are stored in a job record.
 RESPONSE_MAX_CHARS = 1000
 _ALREADY = re.compile(
     r"already\s+(started|in\s+progress|running|recording|being\s+recorded)", re.IGNORECASE
+)
+#: a stop refused because the room is not being recorded (the contract's phrases)
+_NOT_RECORDING = re.compile(
+    r"recording\s+not\s+started|no\s+active\s+recording|not\s+recording|no\s+recording", re.I
 )
 #: VideoSDK's account-wide refusals (its error tables, codes 4018 and 4028), by their text.
 _SESSION_PROCESSING = re.compile(r"previous\s+recording\s+session\s+is\s+being\s+processed", re.I)
@@ -74,25 +86,52 @@ class ApiClient:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``not_live_patterns``: case-insensitive phrases of a "no live session" refusal."""
-        self._url = base_url.rstrip("/") + START_PATH
+        self._base = base_url.rstrip("/")
         self._not_live = tuple(p.lower() for p in not_live_patterns if p.strip())
-        self._minter = minter
+        self.minter = minter
         self._timeout = (connect_timeout_s, read_timeout_s)
         self._clock = clock
         self._local = threading.local()
 
     def start_recording(self, body: dict[str, Any]) -> ApiResponse:
         """Make one start call; returns on 2xx, else raises the ApiError that fits."""
+        return self.call(Kind.START, body)
+
+    def list_recordings(self, room_id: str, *, per_page: int = 20) -> ApiResponse:
+        """``GET /v2/recordings?roomId=`` (newest first): the body has ``data``, a list of
+        ``{"roomId", "sessionId", "status"?, "file": {"fileUrl", "filePath"}?, ...}``."""
+        return self._send(
+            "GET",
+            f"{self._base}{LIST_PATH}",
+            None,
+            Kind.START,
+            params={"roomId": room_id, "page": 1, "perPage": per_page},
+        )
+
+    def call(self, kind: Kind, body: dict[str, Any]) -> ApiResponse:
+        """Make one call of a job of ``kind`` (start or stop); returns on 2xx, else raises the
+        ApiError that fits."""
+        return self._send("POST", f"{self._base}{PATHS[kind]}", body, kind)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None,
+        kind: Kind,
+        params: dict[str, Any] | None = None,
+    ) -> ApiResponse:
         session = self._session()
         headers = {
             **session.headers,
-            "Authorization": self._minter.token(),
+            "Authorization": self.minter.token(),
             "Content-Type": "application/json",
         }
         # A prepared request sent as it is (requests' documented lower-level path): no cookie
         # jar merging or per-call settings merge, a sixth of a call's CPU. A redirect is not
         # followed: the API has none, and following would turn the POST into a GET.
-        request = requests.Request("POST", self._url, headers=headers, data=json.dumps(body))
+        data = None if body is None else json.dumps(body)
+        request = requests.Request(method, url, headers=headers, data=data, params=params)
         started = self._clock()
         try:
             resp = session.send(request.prepare(), timeout=self._timeout, allow_redirects=False)
@@ -116,7 +155,7 @@ class ApiClient:
         parsed = _parse_body(resp)
         if 200 <= resp.status_code < 300:
             return ApiResponse(resp.status_code, parsed, latency_s)
-        raise _classify(resp, parsed, latency_s, self._not_live)
+        raise _classify(resp, parsed, latency_s, self._not_live, kind)
 
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
@@ -129,7 +168,7 @@ class ApiClient:
             # the one URL we call, instead of requests scanning all of os.environ on every call
             # (a tenth of a job's CPU); without trust_env a ~/.netrc entry cannot replace our
             # Authorization header either.
-            found = session.merge_environment_settings(self._url, {}, None, None, None)
+            found = session.merge_environment_settings(self._base, {}, None, None, None)
             session.trust_env = False
             session.proxies, session.verify = found["proxies"], found["verify"]
             self._local.session = session
@@ -137,7 +176,11 @@ class ApiClient:
 
 
 def _classify(
-    resp: requests.Response, parsed: Any, latency_s: float, not_live: tuple[str, ...]
+    resp: requests.Response,
+    parsed: Any,
+    latency_s: float,
+    not_live: tuple[str, ...],
+    kind: Kind = Kind.START,
 ) -> ApiError:
     """The ApiError of a non-2xx answer; a 4xx is told apart by its message's text."""
     status = resp.status_code
@@ -151,6 +194,11 @@ def _classify(
     if status >= 500:
         return ServerFailed(message, may_have_started=True, **common)
     text = error_message(parsed)
+    if kind is Kind.STOP:
+        # nothing to stop: no recording, or no session at all
+        if _NOT_RECORDING.search(text) or any(phrase in text.lower() for phrase in not_live):
+            return NotRecording(message, **common)
+        return RequestRefused(message, **common)
     if _ALREADY.search(text):
         return AlreadyRecording(message, **common)
     if _SESSION_PROCESSING.search(text):
@@ -197,6 +245,16 @@ def _request_may_have_been_sent(exc: requests.exceptions.ConnectionError) -> boo
 
 
 def _describe(exc: requests.exceptions.ConnectionError) -> str:
+    """``connection failed: NewConnectionError (api.videosdk.live:443)``: the kind of failure and
+    the host and port tried, never the path, query, headers or any userinfo of the URL."""
+
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    # urllib3's messages name the host and port but never the headers, so no token leaks here.
-    return f"connection failed: {type(reason or exc).__name__}"
+    where = ""
+    try:
+        parts = urlsplit(str(getattr(getattr(exc, "request", None), "url", None) or ""))
+        if parts.hostname:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            where = f" ({parts.hostname}:{port})"
+    except ValueError:  # a malformed port: say nothing rather than guess
+        pass
+    return f"connection failed: {type(reason or exc).__name__}{where}"

@@ -1,0 +1,116 @@
+"""Recordings: what VideoSDK's webhooks say of the recordings our start jobs began.
+
+One event is one atomic script (:data:`APPLY_EVENT_LUA`): it finds the room's most recent start
+job, moves its ``recording`` forward (never back: duplicates and late events change nothing),
+keeps the per-status index of recordings, and wakes a start job waiting for the room to go live
+on ``session-started``. The key schema is in :mod:`tasks.store`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.job import RECORDING_RANK, Job, utc_iso
+from tasks.store.connections import own_client
+from tasks.store.keyspace import Keyspace
+from tasks.store.scripts import APPLY_EVENT_LUA, POP_RECONCILE_LUA
+
+#: webhook types that change a recording, and the status each one means.
+RECORDING_EVENTS = {
+    "recording-starting": "starting",
+    "recording-started": "started",
+    "recording-stopping": "stopping",
+    "recording-stopped": "stopped",
+    "recording-failed": "failed",
+}
+#: webhook types about the room's session: ``session-started`` wakes a job waiting for it.
+SESSION_EVENTS = frozenset({"session-started", "session-ended"})
+
+
+@dataclass(frozen=True, slots=True)
+class EventApplied:
+    """What one event did (``outcome``: applied, unchanged, woken, noted, orphan,
+    orphan_unchanged, ignored), the job it applied to (if any), the room's state when no job
+    matched, and the recording status before it."""
+
+    outcome: str
+    job: Job | None = None
+    orphan: dict[str, Any] | None = None
+    previous: str = ""
+
+
+class Recordings(Keyspace):
+    """Recording state on start jobs, from webhook events (and reconciliation)."""
+
+    def __init__(self, **keyspace: Any) -> None:
+        super().__init__(**keyspace)
+        self._apply_event = self.client.register_script(APPLY_EVENT_LUA)
+        self._pop_reconcile = self.client.register_script(POP_RECONCILE_LUA)
+
+    def schedule_reconcile(self, job_id: str, at_s: float) -> None:
+        """Look the job's recording up at ``at_s`` (epoch s) if it is still unknown then."""
+        self.client.zadd(self.key("reconcile"), {job_id: int(at_s * 1000)})
+
+    def pop_reconcile(self, *, limit: int = 20) -> list[str]:
+        """Job ids whose reconciliation is due, each handed to one caller."""
+        ids = self._pop_reconcile(
+            client=own_client(self.client),
+            keys=[self.key("reconcile")],
+            args=[int(self.clock() * 1000), limit],
+        )
+        return [i.decode() for i in ids]
+
+    def apply_event(
+        self,
+        room_id: str,
+        event_type: str,
+        *,
+        session_id: str | None = None,
+        file_url: str | None = None,
+        file_path: str | None = None,
+    ) -> EventApplied:
+        """Apply one event of ``room_id``; an unknown type is ``ignored`` (nothing written)."""
+        status = RECORDING_EVENTS.get(event_type)
+        if status is None and event_type not in SESSION_EVENTS:
+            return EventApplied("ignored")
+        now = self.clock()
+        outcome, raw, previous = self._apply_event(
+            client=own_client(self.client),
+            keys=[self.key("room", room_id)],
+            args=[
+                self.prefix,
+                room_id,
+                event_type,
+                status or "",
+                session_id or "",
+                file_url or "",
+                file_path or "",
+                utc_iso(now),
+                int(now * 1000),
+                self.ttl_s,
+            ],
+        )
+        word = outcome.decode()
+        previous_status = previous.decode()
+        if word.startswith("orphan"):
+            return EventApplied(word, orphan=json.loads(raw), previous=previous_status)
+        job = Job.from_record(raw) if raw else None
+        return EventApplied(word, job=job, previous=previous_status)
+
+    def orphan_recording(self, room_id: str) -> dict[str, Any] | None:
+        """The state of a room's recording events that matched no start job, if any."""
+        raw = self.client.get(self.key("orphan", room_id))
+        return json.loads(raw) if raw else None
+
+    def recording_counts(self) -> dict[str, int]:
+        """Start jobs per recording status, from the recording indexes (expired ones trimmed)."""
+        cutoff = int((self.clock() - self.ttl_s) * 1000)
+        statuses = list(RECORDING_RANK)
+        pipe = self.client.pipeline(transaction=False)
+        for status in statuses:
+            pipe.zremrangebyscore(self.key("recording", status), "-inf", cutoff)
+            pipe.zcard(self.key("recording", status))
+        results = pipe.execute()
+        return {status: int(results[2 * i + 1]) for i, status in enumerate(statuses)}
