@@ -292,10 +292,12 @@ def test_jobs_table_has_a_row_per_job(rdb: redis.Redis, capsys: pytest.CaptureFi
     code, out, _ = run(capsys, "jobs")
     assert code == 0
     header, *rows = out.strip().splitlines()
-    assert header.split() == ["id", "room", "status", "attempts", "http", "updated", "error"]
-    assert rows[0].split()[:3] == [failed.id[:12], "room-b", "failed"]
-    assert rows[0].split()[-1] == "room_not_found"
-    assert rows[1].split()[:3] == [job.id[:12], "room-a", "queued"]
+    assert header.split() == [
+        "id", "room", "kind", "status", "attempts", "http", "updated", "error", "recording"
+    ]  # fmt: skip
+    assert rows[0].split()[:4] == [failed.id[:12], "room-b", "start", "failed"]
+    assert rows[0].split()[-2:] == ["room_not_found", "-"]
+    assert rows[1].split()[:4] == [job.id[:12], "room-a", "start", "queued"]
     code, out, _ = run(capsys, "jobs", "--status", "failed", "--limit", "5", "--json")
     assert [j["id"] for j in json.loads(out)] == [failed.id]
 

@@ -142,16 +142,18 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 def jobs_table(jobs: Sequence[Job]) -> str:
     """``recorder jobs``: one line per job, newest first as given."""
     return table(
-        ("id", "room", "status", "attempts", "http", "updated", "error"),
+        ("id", "room", "kind", "status", "attempts", "http", "updated", "error", "recording"),
         (
             (
                 j.id[:12],
                 j.room_id,
+                j.kind.value,
                 j.status.value,
                 j.attempts,
                 j.http_status,
                 j.updated_at,
                 error_type(j),
+                (j.recording or {}).get("status"),
             )
             for j in jobs
         ),
@@ -184,9 +186,12 @@ def job_view(job: Job) -> str:
         "response",
     )
     optional = (
+        "kind",
         "run_at",
         "next_attempt_at",
         "start_deadline",
+        "recording",
+        "stop_job_id",
         "schedule",
         "maybe_started",
         "deliveries",
@@ -201,9 +206,20 @@ def _value(key: str, value: Any) -> str:
         return _MISSING
     if key == "error" and isinstance(value, dict):
         return f"{value.get('type')}: {value.get('message')}"
+    if key == "recording" and isinstance(value, dict):
+        return recording_text(value)
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return str(value)
+
+
+def recording_text(recording: dict[str, Any]) -> str:
+    """``stopped  file=https://...  session=...`` from a job's ``recording``."""
+    parts = [str(recording.get("status"))]
+    for key, label in (("file_url", "file"), ("session_id", "session")):
+        if recording.get(key):
+            parts.append(f"{label}={recording[key]}")
+    return "  ".join(parts)
 
 
 def progress_line(job: Job) -> str:
@@ -259,4 +275,8 @@ def stats_view(stats: dict[str, Any]) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f} ms"
+    """Three significant digits, so 2.4 ms and 2.9 ms read as different (not both as 3 ms)."""
+    if value is None:
+        return "-"
+    digits = 2 if value < 10 else 1 if value < 100 else 0
+    return f"{value:.{digits}f} ms"

@@ -1,5 +1,5 @@
-"""The ``recorder`` subcommands about jobs: ``enqueue`` (and ``--wait``), ``status``, ``jobs``,
-``cancel`` and ``retry``.
+"""The ``recorder`` subcommands about jobs: ``enqueue`` (and ``--wait``), ``stop``, ``status``,
+``jobs``, ``cancel`` and ``retry``.
 
 Each ``configure_*`` function adds a subcommand's arguments and sets ``run`` (a function of the
 parsed arguments returning the exit status); ``tasks.cli.commands`` lists them. A "no" answer is
@@ -10,11 +10,20 @@ parsed arguments returning the exit status); ``tasks.cli.commands`` lists them. 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from datetime import datetime
 
-from tasks.api import cancel_job, enqueue_recording, get_job, list_jobs, retry_job
+from tasks import runtime
+from tasks.api import (
+    cancel_job,
+    enqueue_recording,
+    get_job,
+    list_jobs,
+    retry_job,
+    stop_recording,
+)
 from tasks.cli import format as fmt
 from tasks.cli.format import (
     BadUsage,
@@ -32,6 +41,10 @@ WAIT_POLL_S = 0.2
 WAIT_TIMEOUT_S = 120.0
 #: ``retry --failed`` replays at most this many jobs (the producer's list limit).
 RETRY_BATCH_MAX = 1000
+#: a job id is uuid4 hex; a JOB_ID argument that is part of one is looked up as a prefix
+_HEX = re.compile(r"[0-9a-f]{1,31}")
+PREFIX_SCAN_COUNT = 10_000
+PREFIX_MATCHES_SHOWN = 5
 
 
 def _print_job(job: Job, as_json: bool) -> None:
@@ -39,10 +52,41 @@ def _print_job(job: Job, as_json: bool) -> None:
 
 
 def _job_or_raise(job_id: str) -> Job:
+    """The job ``job_id`` names: its whole id, or any unique prefix of it (the 12 characters
+    ``recorder jobs`` shows). An ambiguous prefix is BadUsage naming the matches."""
     job = get_job(job_id)
-    if job is None:
+    if job is not None:
+        return job
+    matches = jobs_by_prefix(job_id) if _HEX.fullmatch(job_id) else []
+    if not matches:
         raise JobNotFound(job_id)
-    return job
+    if len(matches) > 1:
+        shown = ", ".join(j.id for j in matches[:PREFIX_MATCHES_SHOWN])
+        more = len(matches) - PREFIX_MATCHES_SHOWN
+        raise BadUsage(
+            f"{len(matches)} jobs have ids starting with {job_id!r}: {shown}"
+            f"{f' and {more} more' if more > 0 else ''}; give more of the id"
+        )
+    return matches[0]
+
+
+def jobs_by_prefix(prefix: str) -> list[Job]:
+    """Stored jobs whose id starts with ``prefix``, newest first.
+
+    One ZSCAN of the index of every job id (``{p}:jobs``) with ``MATCH prefix*``, in pages of
+    :data:`PREFIX_SCAN_COUNT`: Redis walks the whole index (about 20 ms per 100,000 jobs,
+    measured by tests/test_cli.py) and returns only the matches, whose records are then read in
+    one MGET. Ids whose record expired are left out.
+    """
+    store = runtime.store()
+    found: dict[str, float] = {}
+    for member, score in store.client.zscan_iter(
+        store.key("jobs"), match=f"{prefix}*", count=PREFIX_SCAN_COUNT
+    ):
+        found[member.decode() if isinstance(member, bytes) else str(member)] = score
+    ids = sorted(found, key=lambda i: found[i], reverse=True)
+    records = store.client.mget([store.key("job", i) for i in ids]) if ids else []
+    return [Job.from_record(raw) for raw in records if raw]
 
 
 # -- enqueue, status, jobs -----------------------------------------------------------------------
@@ -53,6 +97,20 @@ def configure_enqueue(p: argparse.ArgumentParser) -> None:
     add_recording_options(p)
     p.add_argument("--idempotency-key", metavar="K")
     p.add_argument("--at", metavar="ISO8601", help="hold the job as scheduled until then")
+    p.add_argument(
+        "--max-duration",
+        type=fmt.duration,
+        metavar="DURATION",
+        help="stop the recording this long after it started (45m, 2h, seconds)",
+    )
+    p.add_argument(
+        "--notify-task", metavar="TASK", help="a Celery task sent the job on every change"
+    )
+    _add_wait_options(p)
+    p.set_defaults(run=_enqueue)
+
+
+def _add_wait_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="wait until the job is finished")
     p.add_argument(
         "--timeout",
@@ -62,7 +120,6 @@ def configure_enqueue(p: argparse.ArgumentParser) -> None:
         help=f"with --wait: give up after S seconds (default {WAIT_TIMEOUT_S:g})",
     )
     p.add_argument("--json", action="store_true", help="print the job as JSON")
-    p.set_defaults(run=_enqueue)
 
 
 def _enqueue(args: argparse.Namespace) -> int:
@@ -72,7 +129,36 @@ def _enqueue(args: argparse.Namespace) -> int:
         **recording_options(args),
         idempotency_key=args.idempotency_key,
         run_at=run_at,
+        max_duration_s=args.max_duration,
+        notify_task=args.notify_task,
     )
+    return _answer(job, args)
+
+
+def configure_stop(p: argparse.ArgumentParser) -> None:
+    p.add_argument("room_id", metavar="ROOM_ID")
+    p.add_argument("--at", metavar="ISO8601", help="stop at this time, not now")
+    p.add_argument("--idempotency-key", metavar="K")
+    p.add_argument(
+        "--notify-task", metavar="TASK", help="a Celery task sent the job on every change"
+    )
+    _add_wait_options(p)
+    p.set_defaults(run=_stop)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    run_at = parse_time(args.at, "--at") if args.at is not None else None
+    job = stop_recording(
+        args.room_id,
+        run_at=run_at,
+        idempotency_key=args.idempotency_key,
+        notify_task=args.notify_task,
+    )
+    return _answer(job, args)
+
+
+def _answer(job: Job, args: argparse.Namespace) -> int:
+    """Print a new job's id (or JSON), or with ``--wait`` its end; exit 1 if it did not succeed."""
     if not args.wait:
         print(fmt.to_json(job.to_dict()) if args.json else job.id)
         return 0
@@ -109,7 +195,7 @@ def wait_for(job: Job, *, timeout_s: float, poll_s: float = WAIT_POLL_S) -> tupl
 
 
 def configure_status(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("job_id", metavar="JOB_ID", help="the id, or any unique prefix of it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_status)
 
@@ -146,7 +232,7 @@ def configure_cancel(p: argparse.ArgumentParser) -> None:
 
 def _cancel(args: argparse.Namespace) -> int:
     before = _job_or_raise(args.job_id)
-    job = cancel_job(args.job_id) if before.status in CANCELLABLE else before
+    job = cancel_job(before.id) if before.status in CANCELLABLE else before
     print(job.status.value)
     if before.status not in CANCELLABLE or job.status is not Status.CANCELLED:
         raise CommandFailed(
@@ -170,7 +256,7 @@ def _retry(args: argparse.Namespace) -> int:
         if args.room is not None or args.since is not None:
             raise BadUsage("--room and --since go with --failed, not with a JOB_ID")
         before = _job_or_raise(args.job_id)
-        job = retry_job(args.job_id) if before.status is Status.FAILED else before
+        job = retry_job(before.id) if before.status is Status.FAILED else before
         if before.status is not Status.FAILED or job.status is not Status.QUEUED:
             raise CommandFailed(f"job {job.id} is {job.status.value}, not failed: not requeued")
         print("requeued 1 job(s)")
