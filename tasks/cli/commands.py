@@ -64,6 +64,7 @@ DELEGATED: dict[str, tuple[str, Callable[[list[str]], int]]] = {
 
 COMMANDS: tuple[Command, ...] = (
     Command("enqueue", "enqueue a recording job; prints its id", jobs.configure_enqueue),
+    Command("stop", "enqueue a stop of a room's recording; prints its id", jobs.configure_stop),
     Command("status", "show one job", jobs.configure_status),
     Command("jobs", "list jobs, newest first", jobs.configure_jobs),
     Command("cancel", "cancel a job that has not started", jobs.configure_cancel),
