@@ -98,6 +98,7 @@ class Settings:
     webhook_public_key: str | None = None
     reconcile_after_s: float = 120.0
     notify_queue: str = "celery"
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def lease_s(self) -> float:
@@ -167,9 +168,10 @@ class Settings:
             webhook_url=env.get("RECORDER_WEBHOOK_URL") or None,
             webhook_public_key=_read_text(
                 env, "VIDEOSDK_WEBHOOK_PUBLIC_KEY", "VIDEOSDK_WEBHOOK_PUBLIC_KEY_FILE"
-            ),  # fmt: skip
+            ),
             reconcile_after_s=_number(env, "RECORDER_RECONCILE_AFTER", 120.0, float, minimum=1.0),
             notify_queue=env.get("RECORDER_NOTIFY_QUEUE") or "celery",
+            api_tokens=_tokens(env),
         )
 
 
@@ -206,6 +208,14 @@ def _start_window(env: Mapping[str, str]) -> float:
         ) from None
     assert window_s is not None
     return window_s
+
+
+def _tokens(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``RECORDER_API_TOKENS``: comma-separated bearer tokens, each 16 characters or more."""
+    tokens = tuple(t.strip() for t in env.get("RECORDER_API_TOKENS", "").split(",") if t.strip())
+    if any(len(t) < 16 for t in tokens):
+        raise ConfigurationError("RECORDER_API_TOKENS: every token must be 16 characters or more")
+    return tokens
 
 
 def _phrases(env: Mapping[str, str], name: str) -> tuple[str, ...]:

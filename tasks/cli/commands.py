@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from tasks import sandbox
 from tasks.cli import format as fmt
-from tasks.cli import jobs, ops, schedule
+from tasks.cli import jobs, ops, schedule, serve
 from tasks.cli.demo import run as demo
 from tasks.cli.format import BadUsage, CommandFailed, Parser
 from tasks.errors import (
@@ -73,6 +73,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("limits", "the shared rate limiter's state", ops.configure_limits),
     Command("health", "exit 0 when Redis answers and a worker replies", ops.configure_health),
     Command("schedule", schedule.HELP, schedule.configure),
+    Command("serve", "the HTTP API for applications in any language", serve.configure),
     Command("metrics", "Prometheus text: API calls, latency, waits, jobs", ops.configure_metrics),
 )
 

@@ -1,0 +1,1 @@
+"""The HTTP API for applications in any language (``recorder serve``): :mod:`.app`."""
