@@ -10,15 +10,24 @@ Redaction is a safety net, not the policy (the code never logs a token or the se
 a record holds, the line written never contains anything shaped like a JWT, the configured
 secret(s), or the credentials of a ``scheme://user:password@host`` URL. The last is
 :func:`redact_url_credentials`, which the ``recorder`` command's messages go through too.
+
+Two helpers for lines that do not come from a formatter: :class:`JsonLines` (what Celery prints
+itself, its banner and shutdown lines, as JSON objects: :func:`json_stdio`) and
+:class:`OutageLog` (a failure that repeats every loop turn logged when it starts, at most once a
+minute while it lasts, and when it ends).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
-from collections.abc import Iterable
-from typing import Any
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
 
 from tasks.job import utc_iso
 
@@ -34,7 +43,16 @@ _URL_CREDENTIALS = re.compile(
 )
 
 #: the fields the runner's state-change and call lines carry, in the order text mode shows them.
-FIELDS = ("job_id", "room_id", "status", "attempt", "http_status", "latency_ms", "outcome")
+FIELDS = (
+    "job_id",
+    "room_id",
+    "status",
+    "attempt",
+    "http_status",
+    "error_type",
+    "latency_ms",
+    "outcome",
+)
 #: attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -152,3 +170,153 @@ def install(
         current = handler.formatter
         inner = current.inner if isinstance(current, RecorderFormatter) else current
         handler.setFormatter(RecorderFormatter(json_lines=json_lines, secrets=secrets, inner=inner))
+
+
+class JsonLines(io.TextIOBase):
+    """A text stream that writes what it is given as JSON log lines on ``raw``.
+
+    Text is collected until a write ends a line, then written as ONE object (``ts``, ``level``,
+    ``logger``, ``message``), so a multi-line ``print`` (Celery's banner) or a warning with its
+    source line stays one object. Text that already is a JSON object (our formatter's lines, when
+    a log handler writes here) passes through as it is; blank lines are dropped.
+    """
+
+    def __init__(
+        self, raw: TextIO, *, logger: str, level: str, redact: Callable[[str], str] = str
+    ) -> None:
+        super().__init__()
+        self.raw = raw
+        self.logger = logger
+        self.level = level
+        self.redact = redact
+        self._pending = ""
+        self._lock = threading.RLock()  # a signal handler may write while a write is on
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._pending += text
+            if self._pending.endswith("\n"):
+                chunk, self._pending = self._pending, ""
+                self._emit(chunk)
+        return len(text)
+
+    def _emit(self, chunk: str) -> None:
+        if chunk.startswith("{"):
+            self.raw.write(chunk)
+        elif chunk.strip():
+            message = self.redact(chunk.strip())
+            level = self.level
+            if level == "ERROR" and "Warning:" in message.partition("\n")[0]:
+                level = "WARNING"  # a Python warning, shown on stderr
+            line = {"ts": utc_iso(time.time()), "level": level, "logger": self.logger}
+            self.raw.write(json.dumps({**line, "message": message}, ensure_ascii=False) + "\n")
+        self.raw.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                chunk, self._pending = self._pending + "\n", ""
+                self._emit(chunk)
+        self.raw.flush()
+
+    def fileno(self) -> int | None:  # type: ignore[override]
+        """None: Celery's ``safe_say`` (its shutdown lines) writes to a stream's file descriptor
+        when it has one, bypassing the stream; without one it writes nothing, and the worker
+        logs those lines itself (``worker.signals``)."""
+        return None
+
+    def isatty(self) -> bool:
+        return False  # no colours in JSON
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.raw, "encoding", None) or "utf-8"
+
+
+def json_stdio_active() -> bool:
+    """Whether :func:`json_stdio` has replaced this process's streams."""
+    return isinstance(sys.__stdout__, JsonLines)
+
+
+def json_stdio(secrets: Iterable[str | None] = ()) -> None:
+    """Make everything this process writes to stdout and stderr a JSON line.
+
+    Celery prints its banner and shutdown lines straight to ``sys.__stdout__`` (not through
+    logging, not through ``sys.stdout``), so both pairs are replaced; log handlers created later
+    on ``sys.__stderr__`` write their JSON lines through unchanged. Idempotent.
+    """
+    redact = Redactor(secrets)
+    for name, level in (("stdout", "INFO"), ("stderr", "ERROR")):
+        current = getattr(sys, f"__{name}__")
+        if isinstance(current, JsonLines) or current is None:
+            continue
+        stream = JsonLines(current, logger=f"celery.{name}", level=level, redact=redact)
+        setattr(sys, f"__{name}__", stream)
+        if getattr(sys, name) is current:
+            setattr(sys, name, stream)
+
+
+class OutageLog:
+    """Logs a failure that repeats on every turn of a loop without a line per turn.
+
+    :meth:`failed` logs the first failure at WARNING, then at most one line per ``repeat_s``
+    while failures go on; :meth:`recovered` logs one line when the first success follows, with
+    how long it lasted. ``what`` names the loop in each line.
+    """
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        what: str,
+        *,
+        repeat_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = log
+        self.what = what
+        self.repeat_s = repeat_s
+        self.clock = clock
+        self.since: float | None = None
+        self.failures = 0
+        self._last_line = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        now = self.clock()
+        self.failures += 1
+        if self.since is None:
+            self.since = self._last_line = now
+            self.log.warning(
+                "%s: %s: %s (retrying; next line in %gs if it lasts)",
+                self.what,
+                type(exc).__name__,
+                exc,
+                self.repeat_s,
+                extra={"outcome": "outage_started"},
+            )
+        elif now - self._last_line >= self.repeat_s:
+            self._last_line = now
+            self.log.warning(
+                "%s: still failing after %.0fs (%d tries): %s: %s",
+                self.what,
+                now - self.since,
+                self.failures,
+                type(exc).__name__,
+                exc,
+                extra={"outcome": "outage_continues"},
+            )
+
+    def recovered(self) -> None:
+        if self.since is None:
+            return
+        lasted_s = self.clock() - self.since
+        self.log.warning(
+            "%s: working again after %.1fs (%d failed tries)",
+            self.what,
+            lasted_s,
+            self.failures,
+            extra={"outcome": "outage_ended"},
+        )
+        self.since, self.failures = None, 0

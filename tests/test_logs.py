@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from tasks.logs import JWT, REDACTED_JWT, REDACTED_SECRET, RecorderFormatter, install
+from tasks.logs import (
+    JWT,
+    REDACTED_JWT,
+    REDACTED_SECRET,
+    JsonLines,
+    OutageLog,
+    RecorderFormatter,
+    Redactor,
+    install,
+)
 from tasks.settings import settings
 from tasks.videosdk.tokens import TokenMinter
 from tests.conftest import API_KEY, SECRET
@@ -173,3 +182,65 @@ def test_the_celery_logging_signal_installs_json_from_the_settings(
         assert SECRET not in formatter.format(record("x %s", SECRET))
     finally:
         logger.removeHandler(handler)
+
+
+# -- what Celery prints itself, and outages -------------------------------------------------------
+
+
+def test_json_lines_turns_each_print_into_one_object_and_passes_json_through() -> None:
+    raw = io.StringIO()
+    stream = JsonLines(raw, logger="celery.stdout", level="INFO", redact=Redactor([SECRET]))
+    print(" \n -------------- celery@host v5\n--- ***** -----\n[tasks]\n", file=stream)
+    print("worker: Warm shutdown (MainProcess)", file=stream)
+    stream.write('{"ts": "x", "level": "INFO", "logger": "a", "message": "m"}\n')
+    print("", file=stream)  # a blank line is dropped
+    stream.write(f"no newline yet {SECRET}")
+    stream.flush()
+    lines = raw.getvalue().splitlines()
+    assert len(lines) == 4
+    objects = [json.loads(line) for line in lines]
+    assert objects[0]["message"].startswith("-------------- celery@host v5\n")
+    assert objects[0]["level"] == "INFO" and objects[0]["logger"] == "celery.stdout"
+    assert objects[1]["message"] == "worker: Warm shutdown (MainProcess)"
+    assert objects[2] == {"ts": "x", "level": "INFO", "logger": "a", "message": "m"}
+    assert objects[3]["message"] == f"no newline yet {REDACTED_SECRET}"
+    assert stream.fileno() is None, "Celery's safe_say writes nothing without a descriptor"
+
+
+def test_json_lines_on_stderr_calls_a_python_warning_a_warning() -> None:
+    raw = io.StringIO()
+    stream = JsonLines(raw, logger="celery.stderr", level="ERROR")
+    stream.write("/x/platforms.py:893: SecurityWarning: running as root\n  warn(...)\n")
+    stream.write("Traceback (most recent call last):\n  boom\n")
+    levels = [json.loads(line)["level"] for line in raw.getvalue().splitlines()]
+    assert levels == ["WARNING", "ERROR"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_outage_is_a_line_when_it_starts_one_a_minute_and_one_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    outage = OutageLog(logging.getLogger("tests.outage"), "dispatcher", clock=clock)
+    with caplog.at_level(logging.INFO, logger="tests.outage"):
+        outage.recovered()  # nothing was wrong: nothing to say
+        for _ in range(241):  # two minutes of failures every half second
+            outage.failed(ConnectionError("refused"))
+            clock.now += 0.5
+        outage.recovered()
+        outage.recovered()
+    lines = [r.getMessage() for r in caplog.records]
+    assert (
+        lines[0] == "dispatcher: ConnectionError: refused (retrying; next line in 60s if it lasts)"
+    )
+    assert lines[1].startswith("dispatcher: still failing after 60s (121 tries)")
+    assert lines[2].startswith("dispatcher: still failing after 120s")
+    assert lines[3] == "dispatcher: working again after 120.5s (241 failed tries)"
+    assert len(lines) == 4

@@ -1,16 +1,21 @@
 """The Celery configuration, derived from our settings (``tasks.settings``).
 
-Celery reads :data:`CELERY_SETTINGS` the first time it needs its configuration (``worker.app``
-names it by path); :func:`reconfigure` reads the environment again, for tests and the demo,
-which change it within one process.
+Celery reads ``CELERY_SETTINGS`` the first time it needs its configuration (``worker.app``
+names it by path; it is built then, see :func:`__getattr__`); :func:`reconfigure` reads the
+environment again, for tests and the demo, which change it within one process.
 """
 
 from __future__ import annotations
 
 import ssl
+import sys
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import click
+
+from tasks import logs
+from tasks.errors import ConfigurationError
 from tasks.settings import VISIBILITY_TIMEOUT_S, Settings, settings
 from tasks.store.connections import parse_sentinel_url
 
@@ -150,5 +155,39 @@ def reconfigure(app: Any) -> None:
     app.conf.update(celery_config(settings()))
 
 
-#: what Celery loads as its configuration (``app.config_from_object("worker.config:...")``)
-CELERY_SETTINGS = celery_config(settings())
+def json_stdio_in_worker_and_beat(s: Settings) -> None:
+    """``RECORDER_LOG_FORMAT=json`` in ``celery worker`` and ``celery beat``: what Celery prints
+    itself (its banner, beat's "is starting" line, the shutdown lines) becomes JSON lines too.
+
+    Celery reads this module while the ``worker`` or ``beat`` command builds its process, before
+    it prints anything: the earliest public moment. Other processes (producers, Flower, the
+    ``recorder`` command) keep their streams; a worker also does this at ``celeryd_init``.
+    """
+    if s.log_format == "json" and _celery_command() in ("worker", "beat"):
+        logs.json_stdio(secrets=[s.secret])
+
+
+def _celery_command() -> str | None:
+    """``worker``, ``beat``, ``flower``...: the ``celery`` subcommand this process runs, if any."""
+    context = click.get_current_context(silent=True)
+    return None if context is None else context.info_name
+
+
+def __getattr__(name: str) -> object:
+    """``CELERY_SETTINGS``, what Celery loads as its configuration
+    (``app.config_from_object("worker.config:CELERY_SETTINGS")``), is built when Celery first
+    reads it, not when this module is imported: a bad setting then surfaces where the process
+    can report it in one line (the ``recorder`` command; ``celery worker``, ``beat`` and
+    ``flower`` print it and exit 2), never as a traceback."""
+    if name == "CELERY_SETTINGS":
+        try:
+            s = settings()
+        except ConfigurationError as exc:
+            command = _celery_command()
+            if command is None:
+                raise  # the `recorder` command or a producer: theirs to report
+            print(f"celery {command}: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        json_stdio_in_worker_and_beat(s)
+        return celery_config(s)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,13 @@ import logging
 import sys
 from typing import Any
 
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_init,
+    worker_init,
+    worker_shutting_down,
+)
 from celery.utils.sysinfo import is_auto_concurrency
 
 from tasks import logs, runtime
@@ -38,6 +44,28 @@ def install_log_format(logger: logging.Logger, **_: Any) -> None:
         logs.install(logger, json_lines=False)
         return
     logs.install(logger, json_lines=s.log_format == "json", secrets=[s.secret])
+
+
+@celeryd_init.connect
+def json_stdio(**_: Any) -> None:
+    """``RECORDER_LOG_FORMAT=json``: Celery's banner, its shutdown lines and any warning printed
+    before logging is set up become JSON lines (``tasks.logs.json_stdio``). Sent before the
+    worker checks its privileges or prints anything; ``worker.config`` may have done it already.
+    """
+    try:
+        s = runtime.config()
+    except ConfigurationError:
+        return
+    if s.log_format == "json":
+        logs.json_stdio(secrets=[s.secret])
+
+
+@worker_shutting_down.connect
+def say_shutdown_as_json(sig: str = "", how: str = "", **_: Any) -> None:
+    """In JSON mode Celery's own "worker: Warm shutdown (MainProcess)" is not written (it writes
+    to a file descriptor our stream does not have): the same words, as a JSON line."""
+    if logs.json_stdio_active():
+        print(f"worker: {how} shutdown (MainProcess, {sig})", file=sys.__stdout__, flush=True)
 
 
 @worker_init.connect

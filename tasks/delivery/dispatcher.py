@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from tasks.logs import OutageLog
 from tasks.store.jobs import JobStore
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class Dispatcher:
 
     def _loop(self) -> None:
         next_sweep = 0.0  # sweep at once on start: a restarted worker recovers its dead jobs
+        outage = OutageLog(logger, "dispatcher")  # a line when Redis goes, one a minute, one back
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_sweep:
@@ -117,8 +119,9 @@ class Dispatcher:
                     self.sweep()
                 count = self.run_once()
             except Exception as exc:  # Redis down: keep trying, the jobs wait in Redis
-                logger.warning("dispatcher: %s: %s", type(exc).__name__, exc)
+                outage.failed(exc)
             else:
+                outage.recovered()
                 if count:
                     logger.info("dispatcher: published %d due job(s)", count)
             self._stop.wait(self.interval_s)

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.job import Job
+from tasks.job import Job, Status
 from tasks.store import metrics
 
 #: the runner's logger, named as it was before the runner was split in modules: log settings,
@@ -56,22 +56,31 @@ def attempts_used(job: Job) -> int:
 
 
 def log_state(state: DeliveryState) -> None:
-    """One structured line per state change, with the call that led to it, if any."""
+    """One structured line per state change, with the call that led to it, if any.
+
+    A job that ended ``failed`` is a recording that will not happen: its line is a WARNING and
+    names the error type (``error_type``) and the HTTP status.
+    """
     call = state.last_call
     state.last_call = {}
-    logger.info(
-        "job %s room=%s status=%s attempts=%d%s",
+    failed = state.job.status is Status.FAILED
+    error_type = (state.job.error or {}).get("type") if failed else None
+    logger.log(
+        logging.WARNING if failed else logging.INFO,
+        "job %s room=%s status=%s attempts=%d%s%s",
         state.job.id,
         state.job.room_id,
         state.job.status.value,
         state.job.attempts,
         f" http={call['http_status']} latency_ms={call['latency_ms']}" if call else "",
+        f" error={error_type} http_status={state.job.http_status}" if failed else "",
         extra={
             "job_id": state.job.id,
             "room_id": state.job.room_id,
             "status": state.job.status.value,
             "attempt": state.job.attempts,
             "http_status": state.job.http_status,
+            **({"error_type": error_type} if failed else {}),
             **call,
         },
     )
