@@ -15,6 +15,7 @@ DEFAULT_PORT = 8000
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (1)")
     p.set_defaults(run=run)
 
 
@@ -25,5 +26,11 @@ def run(args: argparse.Namespace) -> int:
             "RECORDER_API_TOKENS is not set: the HTTP API refuses every request without a token"
         )
     print(f"recorder API listening on http://{args.host}:{args.port} (docs: /docs)", flush=True)
-    uvicorn.run("tasks.http.app:app", host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        "tasks.http.app:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+    )
     return 0

@@ -12,15 +12,14 @@ JSON in and out; a job is ``Job.to_dict()``. OpenAPI docs at ``/docs``.
 - ``POST /v1/stops`` ``{"room_id", "run_at"?, "idempotency_key"?}`` → 201 the stop job.
 - ``POST /webhooks/videosdk``: the webhook receiver (its signature, not a bearer token).
 
-Bodies over :data:`BODY_MAX_BYTES` are refused with 413 before they are read whole (the
-webhook's own limit is 1 MiB). No answer ever carries a secret: jobs hold none, and errors
-are our own one-line messages.
+Bodies over :data:`BODY_MAX_BYTES` are refused with 413 from their ``Content-Length``, or as
+soon as more has arrived, never read whole (the webhook's own limit is 1 MiB). No answer ever
+carries a secret: jobs hold none, and errors are our own one-line messages.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -75,16 +74,6 @@ app = FastAPI(
 app.router.routes.append(
     Route(WEBHOOK_PATH, webhook_endpoint(lambda: api.handle_webhook), methods=["POST"])
 )
-
-
-@app.middleware("http")
-async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-    """Refuse a /v1 body over :data:`BODY_MAX_BYTES` (413) from its declared length."""
-    declared = request.headers.get("content-length", "")
-    too_large = declared.isdigit() and int(declared) > BODY_MAX_BYTES
-    if request.url.path.startswith("/v1/") and too_large:
-        return JSONResponse({"detail": "request body too large"}, status_code=413)
-    return await call_next(request)
 
 
 @app.exception_handler(ValidationError)
