@@ -16,6 +16,9 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import MasterDownError, ReadOnlyError
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -34,9 +37,18 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     redis.ConnectionError,  # also BusyLoadingError: LOADING after a restart
     redis.TimeoutError,
     redis.exceptions.OutOfMemoryError,  # OOM under maxmemory noeviction, until memory is freed
-    redis.exceptions.ReadOnlyError,  # READONLY: a replica answering after a failover
-    redis.exceptions.MasterDownError,  # MASTERDOWN: a replica cut off from its primary
+    ReadOnlyError,  # READONLY: a replica answering after a failover
+    MasterDownError,  # MASTERDOWN: a replica cut off from its primary
 )
+
+#: answers of a server that is not the primary (any more): the connection is dropped as if it
+#: were lost, so the next command connects again, through a managed endpoint's one address, to
+#: whichever server is the primary then. redis-py keeps a connection after an error answer, and
+#: an endpoint that moved to the new primary may leave the old connections open: every write on
+#: them would answer READONLY for as long as the old primary lives. (LOADING is a
+#: ConnectionError to redis-py, dropped already.) The command is not tried again in place: the
+#: callers that may repeat a write do (:func:`through_outage`).
+RECONNECT_ON: tuple[type[Exception], ...] = (ReadOnlyError, MasterDownError)
 
 #: a store write retried through an outage of up to half a minute, then its error raised
 THROUGH_OUTAGE = Retrying(
@@ -69,6 +81,9 @@ def redis_client(url: str, *, sentinel_master: str | None = None) -> redis.Redis
         "socket_timeout": SOCKET_TIMEOUT_S,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        # redis-py disconnects on a retryable error; with no retries it then raises it
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_error": list(RECONNECT_ON),
     }
     if url.startswith("sentinel://"):
         hosts, password, db = parse_sentinel_url(url)
