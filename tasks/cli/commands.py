@@ -25,6 +25,7 @@ from tasks.cli import format as fmt
 from tasks.cli import jobs, ops, schedule, serve
 from tasks.cli.demo import run as demo
 from tasks.cli.format import BadUsage, CommandFailed, Parser
+from tasks.cli.webhooks import configure as configure_webhooks
 from tasks.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -75,6 +76,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("schedule", schedule.HELP, schedule.configure),
     Command("serve", "the HTTP API for applications in any language", serve.configure),
     Command("metrics", "Prometheus text: API calls, latency, waits, jobs", ops.configure_metrics),
+    Command("webhooks", "serve the VideoSDK webhook receiver", configure_webhooks),
 )
 
 

@@ -56,9 +56,7 @@ def webhook_endpoint(handle: Callable[[], Handle]) -> Callable[[Request], object
         if body is None:
             return JSONResponse({"error": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         try:
-            applied = await run_in_threadpool(
-                handle(), body, request.headers.get(SIGNATURE_HEADER)
-            )
+            applied = await run_in_threadpool(handle(), body, request.headers.get(SIGNATURE_HEADER))
         except InvalidWebhookSignature as exc:
             return JSONResponse({"error": exc.reason}, status_code=401)
         except WebhookTooLarge as exc:

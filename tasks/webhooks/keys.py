@@ -5,7 +5,9 @@ signature in the ``videosdk-signature`` header; the public key is served at
 ``{api}/v2/public/rsa-public-key`` (FIELD-NOTES; its official server SDKs verify the raw body
 and cache the key). A pinned key (``VIDEOSDK_WEBHOOK_PUBLIC_KEY`` or ``..._FILE``) is never
 fetched. A fetched one is cached; when a signature fails, the key is fetched again (a rotation),
-at most once every :data:`REFETCH_MIN_S`, so forged requests cannot make us hammer the API.
+at most once every :data:`REFETCH_MIN_S`, so forged requests cannot make us hammer the API. Only
+these refetches count for that limit, not the first fetch: a rotation soon after the receiver
+started (and fetched the key) is picked up by the next webhook.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class PublicKeys:
         self._clock = clock
         self._lock = threading.Lock()
         self._cached: rsa.RSAPublicKey | None = None
-        self._fetched_at = -REFETCH_MIN_S
+        self._refetched_at = -REFETCH_MIN_S
 
     @property
     def pinned(self) -> bool:
@@ -100,13 +102,15 @@ class PublicKeys:
             return self._cached
 
     def refreshed(self) -> rsa.RSAPublicKey | None:
-        """After a failed signature: the key fetched again, or None (pinned, or fetched less
-        than :data:`REFETCH_MIN_S` ago, or the fetch failed)."""
+        """After a failed signature: the key fetched again, or None (pinned, or the fetch
+        failed). Fetched again less than :data:`REFETCH_MIN_S` ago: the key cached then, so a
+        webhook that failed with the old key while another request refetched it verifies."""
         if self._pinned is not None:
             return None
         with self._lock:
-            if self._clock() - self._fetched_at < REFETCH_MIN_S:
-                return None
+            if self._clock() - self._refetched_at < REFETCH_MIN_S:
+                return self._cached
+            self._refetched_at = self._clock()
             try:
                 self._cached = self._fetch_key()
             except WebhookKeyUnavailable:
@@ -115,7 +119,6 @@ class PublicKeys:
 
     def _fetch_key(self) -> rsa.RSAPublicKey:
         assert self._url is not None
-        self._fetched_at = self._clock()
         try:
             resp = self._fetch(self._url, timeout=FETCH_TIMEOUT_S)
             resp.raise_for_status()
