@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tasks.cli import format as cli_format
 from tasks.cli import jobs as cli_jobs
 from tasks.cli import ops as cli_ops
 from tasks.job import Job, Status
+from tasks.store import metrics
 from tests.conftest import reset_process
 
 #: a database of its own, so other test modules (and their workers) never see these jobs
@@ -549,3 +551,123 @@ def test_parse_time_accepts_z_and_offsets_only() -> None:
     )
     with pytest.raises(cli_format.BadUsage, match="needs a time zone"):
         cli_format.parse_time("2030-01-31T09:00:00", "--at")
+
+
+# -- short ids, settings, pipes -------------------------------------------------------------------
+
+
+def test_status_takes_the_short_id_that_jobs_prints(
+    rdb: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = enqueue_recording("room-short")
+    code, out, _ = run(capsys, "status", job.id[:12], "--json")
+    assert code == 0 and json.loads(out)["id"] == job.id
+    code, out, _ = run(capsys, "cancel", job.id[:8])
+    assert (code, out) == (0, "cancelled\n")
+
+
+def test_an_ambiguous_prefix_is_exit_2_naming_the_matches(
+    rdb: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given two jobs whose ids share a first character (16 jobs make that certain)
+    jobs = [enqueue_recording(f"room-{i}") for i in range(17)]
+    shared = next(j.id[0] for j in jobs if sum(k.id[0] == j.id[0] for k in jobs) > 1)
+    matching = [j.id for j in jobs if j.id.startswith(shared)]
+    code, out, err = run(capsys, "status", shared)
+    assert code == 2 and out == ""
+    line = one_line(err)
+    assert f"{len(matching)} jobs have ids starting with '{shared}'" in line
+    assert all(i in line for i in matching[:5]) and "give more of the id" in line
+    code, _, err = run(capsys, "status", "f" * 31 if shared != "f" * 31 else "e" * 31)
+    assert code == 1 and "no job with id" in one_line(err)
+
+
+def test_a_prefix_is_found_fast_among_100k_jobs(rdb: redis.Redis) -> None:
+    # Given 100,000 job ids in the index of every job (records only for ours)
+    rng = random.Random(11)
+    pipe = rdb.pipeline(transaction=False)
+    for i in range(100_000):
+        pipe.zadd("recorder:jobs", {f"{rng.getrandbits(128):032x}": i})
+        if i % 10_000 == 9_999:
+            pipe.execute()
+    job = enqueue_recording("room-needle")
+    # When its 12-character prefix is looked up
+    started = time.perf_counter()
+    found = cli_jobs.jobs_by_prefix(job.id[:12])
+    elapsed_s = time.perf_counter() - started
+    # Then it is found alone, well within an interactive command's time
+    assert [j.id for j in found] == [job.id]
+    assert elapsed_s < 0.5, f"prefix lookup took {elapsed_s * 1000:.0f} ms"
+
+
+def recorder(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "REDIS_URL": REDIS_URL, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "tasks.cli", *argv],
+        capture_output=True, text=True, timeout=60, env=full,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("RECORDER_RATE_LIMIT", "10/sec", "RECORDER_RATE_LIMIT must look like N/s"),
+        ("RECORDER_JOB_TTL", "a month", "RECORDER_JOB_TTL must be a int"),
+        ("REDIS_URL", "redis://127.0.0.1:6379/2", None),  # a good one, for contrast
+    ],
+)
+def test_a_bad_setting_is_one_line_and_exit_2_in_every_command(
+    rdb: redis.Redis, variable: str, value: str, named: str | None
+) -> None:
+    for argv in (["jobs"], ["stats"], ["status", "abc"], ["enqueue", "r"], ["health"]):
+        result = recorder(*argv, **{variable: value})
+        if named is None:
+            assert "Traceback" not in result.stderr
+            continue
+        assert result.returncode == 2, (argv, result.stderr)
+        assert result.stderr.startswith(f"recorder: {named}") and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_commands_that_do_not_call_the_api_never_read_the_secret(rdb: redis.Redis) -> None:
+    job = enqueue_recording("room-secret")
+    unreadable = {"VIDEOSDK_SECRET_FILE": "/nonexistent/videosdk_secret"}
+    for argv in (["jobs"], ["stats"], ["status", job.id[:12]], ["metrics"]):
+        result = recorder(*argv, **unreadable)
+        assert result.returncode == 0, (argv, result.stderr)
+
+
+def test_a_reader_that_goes_away_is_not_an_outage(rdb: redis.Redis) -> None:
+    # Given `recorder status ID | head -1`: the reader closes the pipe before the output is out
+    job = enqueue_recording("room-pipe")
+    env = {**os.environ, "REDIS_URL": REDIS_URL}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.cli", "status", job.id],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    # Then it ends quietly: no "Redis is unreachable", no traceback
+    assert proc.wait(60) == 0, err
+    assert err == ""
+
+
+def test_stats_shows_latency_to_a_tenth_of_a_millisecond(
+    rdb: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given calls of 2-3 ms (shown as 12 ms by the old buckets)
+    increments: dict[str, int] = {}
+    for i in range(200):
+        latency_s = 0.002 + 0.001 * i / 199
+        metrics.merge(
+            increments, metrics.call_increments(http_status=200, outcome="", latency_s=latency_s)
+        )
+    metrics.record(rdb, metrics.key("recorder"), increments)
+    _, out, _ = run(capsys, "stats", "--json")
+    latency = json.loads(out)["api"]["api_latency_ms"]
+    assert latency["p50"] == pytest.approx(2.5, rel=0.1)
+    assert latency["p90"] == pytest.approx(2.9, rel=0.1)
+    _, out, _ = run(capsys, "stats")
+    assert re.search(r"API latency:    p50 2\.\d\d ms, p90 [23]\.\d\d ms", out), out

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -50,15 +50,17 @@ def test_a_call_is_counted_by_status_and_latency_bucket_in_one_round_trip(
     rdb: redis.Redis,
 ) -> None:
     spy = CountingClient(rdb)
-    metrics.record(
-        spy, KEY, metrics.call_increments(http_status=200, outcome="ok", latency_s=0.0301)
-    )  # type: ignore[arg-type]
+    increments = metrics.call_increments(
+        http_status=200, outcome="ok", latency_s=0.0301, now_s=1_000_005.0
+    )
+    metrics.record(spy, KEY, increments)  # type: ignore[arg-type]
     assert spy.round_trips == 1
     assert fields(rdb) == {
         "calls:200": 1,
-        "latency:50": 1,
-        "latency_count": 1,
-        "latency_sum_us": 30100,
+        "recent:1000000:200": 1,
+        "lat:32000": 1,  # 2^(40/8) = 32 ms: the first bound at or above 30.1 ms
+        "lat_count": 1,
+        "lat_sum_us": 30100,
     }
 
 
@@ -76,12 +78,41 @@ def test_a_call_without_an_answer_is_counted_by_its_outcome(rdb: redis.Redis) ->
     assert snap["api_latency_ms"]["count"] == 1 and snap["api_latency_ms"]["sum"] == 2000.0
 
 
+def test_latency_buckets_are_under_a_tenth_apart_from_half_a_ms_to_30_s() -> None:
+    bounds = metrics.LATENCY_BUCKETS_US
+    assert bounds[0] == 500 and 30_000_000 < bounds[-1] < 31_000_000
+    assert all(1 < b / a <= 1.095 for a, b in itertools.pairwise(bounds))
+
+
 @pytest.mark.parametrize(
-    ("latency_ms", "bucket"),
-    [(0, "25"), (25, "25"), (25.01, "50"), (9999, "10000"), (10000.5, "+Inf"), (1e9, "+Inf")],
+    ("latency_us", "bucket"),
+    [(0, "500"), (500, "500"), (500.1, "545"), (2000, "2000"), (31e6, "+Inf"), (1e12, "+Inf")],
 )
-def test_latency_buckets_include_their_upper_bound(latency_ms: float, bucket: str) -> None:
-    assert metrics.bucket_of(latency_ms) == bucket
+def test_latency_buckets_include_their_upper_bound(latency_us: float, bucket: str) -> None:
+    assert metrics.bucket_of(latency_us) == bucket
+
+
+@pytest.mark.parametrize(
+    ("low_ms", "high_ms"), [(2, 3), (0.6, 0.9), (40, 60), (240, 260), (1000, 5000)]
+)
+def test_quantiles_from_the_buckets_are_within_a_tenth_of_the_true_ones(
+    rdb: redis.Redis, low_ms: float, high_ms: float
+) -> None:
+    # Given 1,000 calls spread over [low, high] ms (today's complaint: 2-3 ms read as 12 ms)
+    rng = random.Random(7)
+    latencies = sorted(rng.uniform(low_ms, high_ms) for _ in range(1000))
+    pipe_fields: dict[str, int] = {}
+    for latency_ms in latencies:
+        metrics.merge(
+            pipe_fields,
+            metrics.call_increments(http_status=200, outcome="ok", latency_s=latency_ms / 1000),
+        )
+    metrics.record(rdb, KEY, pipe_fields)
+    # Then p50, p90 and p99 are each within 10% of the true quantile
+    latency = metrics.snapshot(rdb, "t")["api_latency_ms"]
+    for q in (0.5, 0.9, 0.99):
+        true = latencies[round(q * len(latencies)) - 1]
+        assert latency[f"p{round(q * 100)}"] == pytest.approx(true, rel=0.1), q
 
 
 def test_snapshot_estimates_quantiles_from_the_buckets(rdb: redis.Redis) -> None:
@@ -94,15 +125,19 @@ def test_snapshot_estimates_quantiles_from_the_buckets(rdb: redis.Redis) -> None
             )
     latency = metrics.snapshot(rdb, "t")["api_latency_ms"]
     assert latency["count"] == 100 and latency["sum"] == 50 * 10 + 40 * 80 + 10 * 3000
-    assert latency["buckets"]["25"] == 50 and latency["buckets"]["100"] == 90
-    assert latency["buckets"]["5000"] == latency["buckets"]["+Inf"] == 100
-    # linear within the bucket the rank falls in, as Prometheus's histogram_quantile
-    assert (latency["p50"], latency["p90"], latency["p99"]) == (25.0, 100.0, 4750.0)
+    at_10, at_80, at_3000 = (metrics.bucket_of(ms * 1000) for ms in (10, 80, 3000))
+    assert latency["buckets"][at_10] == 50 and latency["buckets"][at_80] == 90
+    assert latency["buckets"][at_3000] == latency["buckets"]["+Inf"] == 100
+    # linear within the bucket the rank falls in, as Prometheus's histogram_quantile: a rank
+    # at the top of a bucket is its upper bound, at most 9.5% above the true value
+    assert latency["p50"] == int(at_10) / 1000 == pytest.approx(10, rel=0.095)
+    assert latency["p90"] == int(at_80) / 1000 == pytest.approx(80, rel=0.095)
+    assert latency["p99"] == pytest.approx(3000, rel=0.095)
 
 
 def test_a_quantile_in_the_overflow_bucket_is_the_highest_bound() -> None:
-    cumulative = {str(b): 0 for b in metrics.LATENCY_BUCKETS_MS} | {"+Inf": 3}
-    assert metrics.quantile_ms(cumulative, 0.5) == 10000.0
+    cumulative = {str(b): 0 for b in metrics.LATENCY_BUCKETS_US} | {"+Inf": 3}
+    assert metrics.quantile_ms(cumulative, 0.5) == metrics.LATENCY_BUCKETS_US[-1] / 1000
 
 
 def test_an_empty_snapshot_has_zeros_and_no_quantiles(rdb: redis.Redis) -> None:
@@ -127,55 +162,31 @@ def test_counting_against_a_dead_redis_does_not_raise() -> None:
     metrics.record(dead, KEY, metrics.wait_increments(kind="inline", wait_s=0.1))
 
 
-def test_prometheus_text_parses_and_holds_every_family(rdb: redis.Redis) -> None:
-    metrics.record(rdb, KEY, metrics.call_increments(http_status=200, outcome="ok", latency_s=0.04))
-    metrics.record(
-        rdb, KEY, metrics.call_increments(http_status=503, outcome="server_error", latency_s=0.3)
-    )
-    metrics.record(rdb, KEY, metrics.wait_increments(kind="deferred", wait_s=2))
-    text = metrics.prometheus_text(
-        metrics.snapshot(rdb, "t"), jobs={"queued": 3, "succeeded": 7}, queue_depth=2, due=1
-    )
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for f in families.values()
-        for s in f.samples
-    }
-    assert families["recorder_api_calls"].type == "counter"
-    assert samples[("recorder_api_calls_total", (("status", "200"),))] == 1
-    assert samples[("recorder_api_calls_total", (("status", "503"),))] == 1
-    assert families["recorder_api_latency_seconds"].type == "histogram"
-    buckets = [
-        (float(dict(labels)["le"]), v)
-        for (name, labels), v in samples.items()
-        if name == "recorder_api_latency_seconds_bucket"
-    ]
-    assert [le for le, _ in buckets] == [b / 1000 for b in metrics.LATENCY_BUCKETS_MS] + [
-        float("inf")
-    ]
-    assert [v for _, v in buckets] == [0, 1, 1, 1, 2, 2, 2, 2, 2, 2]  # 40 ms, 300 ms
-    assert samples[("recorder_api_latency_seconds_sum", ())] == pytest.approx(0.34)
-    assert samples[("recorder_api_latency_seconds_count", ())] == 2
-    assert samples[("recorder_rate_limit_waits_total", (("kind", "deferred"),))] == 1
-    assert samples[("recorder_rate_limit_waits_total", (("kind", "inline"),))] == 0
-    assert samples[("recorder_jobs", (("status", "succeeded"),))] == 7
-    assert samples[("recorder_queue_depth", ())] == 2
-    assert samples[("recorder_jobs_due", ())] == 1
-    assert 'le="+Inf"' in text and text.endswith("\n")
+def test_recent_calls_count_only_the_window_and_stale_buckets_are_deleted(
+    rdb: redis.Redis,
+) -> None:
+    now = 2_000_000.0
 
+    def call(status: int, ago_s: float) -> None:
+        metrics.record(
+            rdb,
+            KEY,
+            metrics.call_increments(
+                http_status=status, outcome="", latency_s=None, now_s=now - ago_s
+            ),
+        )
 
-def test_prometheus_text_escapes_label_values() -> None:
-    snap: dict[str, Any] = {
-        "api_calls": {'we"ird\\': 1},
-        "api_latency_ms": {"count": 0, "sum": 0.0, "buckets": {"+Inf": 0}},
-        "rate_limit_waits": {},
-        "rate_limit_wait_s": {},
-    }
-    text = metrics.prometheus_text(snap)
-    assert 'recorder_api_calls_total{status="we\\"ird\\\\"} 1' in text
-    family = next(text_string_to_metric_families(text))
-    assert family.samples[0].labels == {"status": 'we"ird\\'}
+    call(401, 5)
+    call(401, 35)
+    call(200, 90)  # before the last minute
+    call(200, 3600)  # older than the fields are kept
+    assert metrics.recent_calls(rdb, "t", window_s=60, now_s=now) == {"401": 2}
+    assert metrics.recent_calls(rdb, "t", window_s=120, now_s=now) == {"200": 1, "401": 2}
+    recent = [f for f in fields(rdb) if f.startswith("recent:")]
+    assert len(recent) == 3, "the hour-old bucket was deleted by the read"
+    assert metrics.snapshot(rdb, "t")["api_calls"] == {"200": 2, "401": 2}, "totals stay"
+    metrics.prune(rdb, "t", now_s=now + metrics.RECENT_KEEP_S + 100)
+    assert not [f for f in fields(rdb) if f.startswith("recent:")]
 
 
 # -- the runner counts what it does --------------------------------------------------------------

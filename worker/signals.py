@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
+import redis
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
     celeryd_init,
     worker_init,
+    worker_ready,
     worker_shutting_down,
 )
 from celery.utils.sysinfo import is_auto_concurrency
@@ -22,12 +25,16 @@ from celery.utils.sysinfo import is_auto_concurrency
 from tasks import logs, runtime
 from tasks.errors import ConfigurationError
 from tasks.settings import sized_concurrency
+from tasks.store import metrics
 from worker import upstream
 
 #: Celery's own per-task lines ("Task ... received", "Task ... succeeded in ...") say less than
 #: the runner's state lines (job, room, status, attempt, HTTP status, latency) and cost a formatted
 #: line each per job: below debug level the worker leaves them out (warnings and errors stay).
 CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+#: how often a worker deletes the metrics hash's stale ``recent:`` fields (tasks.store.metrics)
+METRICS_PRUNE_INTERVAL_S = 60.0
+logger = logging.getLogger(__name__)
 
 
 @after_setup_logger.connect
@@ -109,3 +116,20 @@ def check_credentials(**_: Any) -> None:
 def apply_upstream_workarounds(**_: Any) -> None:
     """Before any channel exists: see :mod:`worker.upstream`."""
     upstream.apply()
+
+
+@worker_ready.connect
+def prune_recent_metrics(**_: Any) -> None:
+    """Keep the metrics hash bounded in a deployment nobody reads it in: every
+    :data:`METRICS_PRUNE_INTERVAL_S`, delete its ``recent:`` fields past their window."""
+    s = runtime.config()
+
+    def loop() -> None:
+        while not stop.wait(METRICS_PRUNE_INTERVAL_S):
+            try:
+                metrics.prune(runtime.redis_conn(), s.key_prefix)
+            except (redis.RedisError, OSError) as exc:  # Redis down: the dispatcher says so
+                logger.debug("metrics not pruned: %s: %s", type(exc).__name__, exc)
+
+    stop = threading.Event()
+    threading.Thread(target=loop, name="recorder-metrics-prune", daemon=True).start()

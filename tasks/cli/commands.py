@@ -6,23 +6,26 @@ commands live in ``tasks.cli.jobs``, the operators' ones in ``tasks.cli.ops``, t
 group in ``tasks.cli.schedule``. ``sandbox`` and ``demo`` hand the rest of the command line to
 their own ``main`` (:data:`DELEGATED`).
 
-Exit status: 0 done; 1 not found, not cancellable, the job failed (``--wait``), or Redis, a
-setting or a worker is missing; 2 bad input. Every failure is one line on stderr, never a
-traceback, and never shows a secret (URLs are redacted).
+Exit status: 0 done (also when the reader of stdout went away: ``recorder jobs | head -1``); 1
+not found, not cancellable, the job failed (``--wait``), or Redis or a worker is missing; 2 bad
+input or a bad setting (``RECORDER_RATE_LIMIT=10/sec``). Every failure is one line on stderr,
+never a traceback, and never shows a secret (URLs are redacted).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
+import select
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from tasks import sandbox
 from tasks.cli import format as fmt
-from tasks.cli import jobs, ops, schedule, serve
+from tasks.cli import jobs, metrics, ops, schedule, serve
 from tasks.cli.demo import run as demo
 from tasks.cli.format import BadUsage, CommandFailed, Parser
 from tasks.cli.webhooks import configure as configure_webhooks
@@ -72,10 +75,18 @@ COMMANDS: tuple[Command, ...] = (
     Command("retry", "requeue a failed job, or every failed job", jobs.configure_retry),
     Command("stats", "jobs per status, due jobs, queue depth, rate limit", ops.configure_stats),
     Command("limits", "the shared rate limiter's state", ops.configure_limits),
-    Command("health", "exit 0 when Redis answers and a worker replies", ops.configure_health),
+    Command(
+        "health",
+        "exit 0 when Redis answers and workers consume the queue, the API takes our key",
+        ops.configure_health,
+    ),
     Command("schedule", schedule.HELP, schedule.configure),
     Command("serve", "the HTTP API for applications in any language", serve.configure),
-    Command("metrics", "Prometheus text: API calls, latency, waits, jobs", ops.configure_metrics),
+    Command(
+        "metrics",
+        "Prometheus metrics: API calls, latency, waits, jobs (--serve: an HTTP exporter)",
+        metrics.configure,
+    ),
     Command("webhooks", "serve the VideoSDK webhook receiver", configure_webhooks),
 )
 
@@ -100,16 +111,50 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args_list and args_list[0] in DELEGATED:
             return DELEGATED[args_list[0]][1](args_list[1:])
+        _forget_the_workers_secret()
         args = build_parser().parse_args(args_list)
-        return int(args.run(args))
+        status = int(args.run(args))
+        sys.stdout.flush()  # here, so a reader that went away is seen below, not at exit
+        return status
     except SystemExit as exc:  # --help, or a delegated command's own argparse
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except (BadUsage, ValidationError) as exc:
+    except (BadUsage, ValidationError, ConfigurationError) as exc:
         return _fail(str(exc), 2)
-    except (CommandFailed, JobNotFound, ConfigurationError, BrokerUnavailable) as exc:
+    except (CommandFailed, JobNotFound, BrokerUnavailable) as exc:
         return _fail(str(exc), 1)
+    except BrokenPipeError as exc:
+        if _stdout_closed():
+            return 0  # `recorder jobs | head -1`: the reader had enough; not an outage
+        return _fail(f"Redis is unreachable ({type(exc).__name__}): {exc}", 1)
     except (*BROKER_ERRORS, ConnectionError, TimeoutError) as exc:
         return _fail(f"Redis is unreachable ({type(exc).__name__}): {exc}", 1)
+
+
+#: variables only workers need: the VideoSDK secret. No subcommand of ``recorder`` calls the
+#: API, so none reads it: an unreadable ``VIDEOSDK_SECRET_FILE`` cannot fail ``recorder jobs``,
+#: and the secret never enters the memory of an operator's command.
+WORKER_SECRETS = ("VIDEOSDK_SECRET", "VIDEOSDK_SECRET_FILE")
+
+
+def _forget_the_workers_secret() -> None:
+    for name in WORKER_SECRETS:
+        os.environ.pop(name, None)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout's reader went away (a pipe whose read end is closed polls as an error);
+    if so, stdout is pointed at /dev/null so Python's own flush at exit finds nothing to say."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+    if closed:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return closed
 
 
 def _as_utf8(arg: str) -> str:

@@ -74,9 +74,9 @@ def jobs_by_prefix(prefix: str) -> list[Job]:
     """Stored jobs whose id starts with ``prefix``, newest first.
 
     One ZSCAN of the index of every job id (``{p}:jobs``) with ``MATCH prefix*``, in pages of
-    :data:`PREFIX_SCAN_COUNT`: Redis walks the whole index (about 20 ms per 100,000 jobs,
-    measured by tests/test_cli.py) and returns only the matches, whose records are then read in
-    one MGET. Ids whose record expired are left out.
+    :data:`PREFIX_SCAN_COUNT`: Redis walks the whole index (30-50 ms per 100,000 jobs on a busy
+    2-core machine, tests/test_cli.py bounds it) and returns only the matches, whose records are
+    then read in one MGET. Ids whose record expired are left out.
     """
     store = runtime.store()
     found: dict[str, float] = {}

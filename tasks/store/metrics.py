@@ -1,34 +1,43 @@
 """Metrics Flower lacks: API calls by HTTP status, API latency, rate-limit waits; all in Redis.
 
 Every worker adds to ONE hash, ``{prefix}:metrics``, so the numbers cover the whole fleet and
-survive worker restarts. It never expires (these are counters; delete the key to reset them).
-Fields:
+survive worker restarts. The hash never expires (these are counters; delete the key to reset
+them); only its ``recent:`` fields come and go. Fields:
 
-==========================  ===================================================================
-field                       counts
-==========================  ===================================================================
-``calls:{status}``          API calls by HTTP status (``200``, ``503``), or by outcome when no
-                            answer came (``timeout``, ``connection_error``)
-``latency:{bound_ms}``      calls whose latency was in (previous bound, ``bound_ms``]: one
-                            bucket each, not cumulative; ``latency:+Inf`` above the last bound
-``latency_count``           calls with a measured latency
-``latency_sum_us``          their total latency, microseconds (an integer, so HINCRBY adds it)
-``waits:{kind}``            rate-limit waits: ``inline`` (slept in the worker slot) or
-                            ``deferred`` (job handed back to the due set)
-``wait_ms:{kind}``          their total length, milliseconds
-==========================  ===================================================================
+==============================  ===============================================================
+field                           counts
+==============================  ===============================================================
+``calls:{status}``              API calls by HTTP status (``200``, ``503``), or by outcome when
+                                no answer came (``timeout``, ``connection_error``)
+``lat:{bound_us}``              calls whose latency was in (previous bound, ``bound_us``]: one
+                                bucket each, not cumulative; ``lat:+Inf`` above the last bound
+``lat_count``                   calls with a measured latency
+``lat_sum_us``                  their total latency, microseconds (an integer, so HINCRBY adds it)
+``recent:{t}:{status}``         the same calls as ``calls:``, in the 10 s that began at epoch
+                                second ``t`` (:data:`RECENT_BUCKET_S`); what ``recorder health``
+                                reads to see what the workers hear now. Fields older than
+                                :data:`RECENT_KEEP_S` are deleted by whoever reads the hash
+                                (:func:`snapshot`, :func:`recent_calls`, :func:`prune`)
+``waits:{kind}``                rate-limit waits: ``inline`` (slept in the worker slot) or
+                                ``deferred`` (job handed back to the due set)
+``wait_ms:{kind}``              their total length, milliseconds
+==============================  ===============================================================
+
+Latency buckets are :data:`LATENCY_BUCKETS_US`: bounds 2^(1/8) apart from 0.5 ms to 30 s, so a
+quantile read from them (linear within a bucket, as Prometheus's ``histogram_quantile``) is
+within 9.05% of the true value wherever the calls fall. (Versions before 0.2 wrote ``latency:*``
+fields with ten coarse buckets; they are ignored and may be deleted.)
 
 Workers send their increments along with the job-store write that follows each call (no round
-trip of their own); :func:`record` applies increments on their own. A failure to count
-is logged at debug level and never fails the job. :func:`snapshot` reads the hash back as a dict,
-with p50/p90/p99 estimated from the buckets, and :func:`prometheus_text` renders a snapshot
-(plus job counts and queue depth) in the Prometheus text exposition format.
+trip of their own); :func:`record` applies increments on their own. A failure to count is
+logged at debug level and never fails the job. :func:`snapshot` reads the hash back as a dict,
+with p50/p90/p99 estimated from the buckets; ``tasks.cli.metrics`` serves it to Prometheus.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,10 +45,14 @@ import redis
 
 logger = logging.getLogger(__name__)
 
-#: upper bounds of the latency histogram's buckets, milliseconds (Prometheus's ``le``).
-LATENCY_BUCKETS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+#: upper bounds of the latency histogram's buckets, microseconds (Prometheus's ``le``):
+#: 2^(k/8) ms for k = -8 .. 119, i.e. 0.5 ms .. 30.4 s, each 9.05% above the one before.
+LATENCY_BUCKETS_US: tuple[int, ...] = tuple(round(1000 * 2 ** (k / 8)) for k in range(-8, 120))
 WAIT_KINDS = ("inline", "deferred")
 QUANTILES = (0.5, 0.9, 0.99)
+#: width of one ``recent:`` bucket, and how long those fields are kept, seconds.
+RECENT_BUCKET_S = 10
+RECENT_KEEP_S = 600
 _INF = "+Inf"
 
 
@@ -48,24 +61,40 @@ def key(prefix: str) -> str:
     return f"{prefix}:metrics"
 
 
-def bucket_of(latency_ms: float) -> str:
-    """The bucket field suffix a latency falls in: the first bound it does not exceed."""
-    for bound in LATENCY_BUCKETS_MS:
-        if latency_ms <= bound:
-            return str(bound)
-    return _INF
+def bucket_of(latency_us: float) -> str:
+    """The bucket field suffix a latency (µs) falls in: the first bound it does not exceed."""
+    low, high = 0, len(LATENCY_BUCKETS_US)
+    while low < high:  # bisect: the first bound >= latency_us
+        mid = (low + high) // 2
+        if LATENCY_BUCKETS_US[mid] < latency_us:
+            low = mid + 1
+        else:
+            high = mid
+    return _INF if low == len(LATENCY_BUCKETS_US) else str(LATENCY_BUCKETS_US[low])
+
+
+def recent_bucket(now_s: float) -> int:
+    """The epoch second the ``recent:`` bucket holding ``now_s`` begins at."""
+    return int(now_s // RECENT_BUCKET_S) * RECENT_BUCKET_S
 
 
 def call_increments(
-    *, http_status: int | None, outcome: str, latency_s: float | None
+    *,
+    http_status: int | None,
+    outcome: str,
+    latency_s: float | None,
+    now_s: float | None = None,
 ) -> dict[str, int]:
-    """The HINCRBYs that count one API call (by status, else by outcome) and its latency."""
-    fields = {f"calls:{http_status if http_status is not None else outcome}": 1}
+    """The HINCRBYs that count one API call (by status, else by outcome, in total and in the
+    current ``recent:`` bucket) and its latency."""
+    status = http_status if http_status is not None else outcome
+    now_s = time.time() if now_s is None else now_s
+    fields = {f"calls:{status}": 1, f"recent:{recent_bucket(now_s)}:{status}": 1}
     if latency_s is not None:
-        latency_ms = max(0.0, latency_s * 1000)
-        fields[f"latency:{bucket_of(latency_ms)}"] = 1
-        fields["latency_count"] = 1
-        fields["latency_sum_us"] = round(latency_ms * 1000)
+        latency_us = max(0.0, latency_s * 1_000_000)
+        fields[f"lat:{bucket_of(latency_us)}"] = 1
+        fields["lat_count"] = 1
+        fields["lat_sum_us"] = round(latency_us)
     return fields
 
 
@@ -89,37 +118,73 @@ def record(client: redis.Redis, metrics_key: str, increments: Mapping[str, int])
     pipe = client.pipeline(transaction=False)
     for field, amount in increments.items():
         pipe.hincrby(metrics_key, field, amount)
-    _execute(pipe)
-
-
-def _execute(pipe: Any) -> None:
     try:
         pipe.execute()
     except redis.RedisError as exc:  # counting is best effort; the job's own writes will retry
         logger.debug("metrics not counted: %s: %s", type(exc).__name__, exc)
 
 
-def snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
-    """The counters as a JSON-ready dict; latencies in milliseconds, quantiles estimated.
-
-    ``{"api_calls": {"200": n, "timeout": n, ...}, "api_latency_ms": {"count", "sum",
-    "buckets": {"25": cumulative, ..., "+Inf": count}, "p50", "p90", "p99"},
-    "rate_limit_waits": {"inline": n, "deferred": n}, "rate_limit_wait_s": {...}}``; a
-    quantile is None while no call has been measured.
-    """
+def _read(client: redis.Redis, prefix: str, now_s: float | None) -> dict[str, int]:
+    """The hash as ``{field: int}``, its stale ``recent:`` fields deleted on the way."""
     raw = {
         k.decode() if isinstance(k, bytes) else str(k): int(v)
         for k, v in client.hgetall(key(prefix)).items()
     }
+    cutoff = recent_bucket(time.time() if now_s is None else now_s) - RECENT_KEEP_S
+    stale = [f for f in raw if f.startswith("recent:") and _recent_time(f) < cutoff]
+    if stale:
+        client.hdel(key(prefix), *stale)
+        for field in stale:
+            del raw[field]
+    return raw
+
+
+def _recent_time(field: str) -> int:
+    try:
+        return int(field.split(":", 2)[1])
+    except (IndexError, ValueError):
+        return 0  # not ours: stale
+
+
+def prune(client: redis.Redis, prefix: str, *, now_s: float | None = None) -> None:
+    """Delete ``recent:`` fields older than :data:`RECENT_KEEP_S` (a worker does it now and then,
+    so a deployment nobody watches keeps a bounded hash too)."""
+    _read(client, prefix, now_s)
+
+
+def recent_calls(
+    client: redis.Redis, prefix: str, *, window_s: float = 60.0, now_s: float | None = None
+) -> dict[str, int]:
+    """API calls by status (or outcome) counted in the buckets of the last ``window_s`` seconds
+    (whole buckets: up to one :data:`RECENT_BUCKET_S` more)."""
+    now_s = time.time() if now_s is None else now_s
+    since = recent_bucket(now_s - window_s)
+    calls: dict[str, int] = {}
+    for field, n in _read(client, prefix, now_s).items():
+        if field.startswith("recent:") and _recent_time(field) >= since:
+            status = field.split(":", 2)[2]
+            calls[status] = calls.get(status, 0) + n
+    return dict(sorted(calls.items()))
+
+
+def snapshot(client: redis.Redis, prefix: str, *, now_s: float | None = None) -> dict[str, Any]:
+    """The counters as a JSON-ready dict; latencies in milliseconds, quantiles estimated.
+
+    ``{"api_calls": {"200": n, "timeout": n, ...}, "api_latency_ms": {"count", "sum",
+    "buckets": {"<bound µs>": cumulative, ..., "+Inf": count}, "p50", "p90", "p99"},
+    "rate_limit_waits": {"inline": n, "deferred": n}, "rate_limit_wait_s": {...}}``; a
+    quantile is None while no call has been measured.
+    """
+    raw = _read(client, prefix, now_s)
     calls = {name[6:]: n for name, n in sorted(raw.items()) if name.startswith("calls:")}
     cumulative: dict[str, int] = {}
     running = 0
-    for bound in (*map(str, LATENCY_BUCKETS_MS), _INF):
-        running += raw.get(f"latency:{bound}", 0)
+    for bound in (*map(str, LATENCY_BUCKETS_US), _INF):
+        running += raw.get(f"lat:{bound}", 0)
         cumulative[bound] = running
     latency: dict[str, Any] = {
-        "count": raw.get("latency_count", 0),
-        "sum": raw.get("latency_sum_us", 0) / 1000,
+        "count": raw.get("lat_count", 0),
+        "sum": raw.get("lat_sum_us", 0) / 1000,
         "buckets": cumulative,
     }
     for q in QUANTILES:
@@ -133,7 +198,8 @@ def snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
 
 
 def quantile_ms(cumulative: Mapping[str, int], q: float) -> float | None:
-    """The ``q`` quantile from cumulative bucket counts, as Prometheus's histogram_quantile.
+    """The ``q`` quantile in ms from cumulative bucket counts, as Prometheus's
+    histogram_quantile.
 
     Linear within the bucket the rank falls in (from 0 for the first); a rank in the ``+Inf``
     bucket gives the highest finite bound, the most the histogram can say.
@@ -143,73 +209,9 @@ def quantile_ms(cumulative: Mapping[str, int], q: float) -> float | None:
         return None
     rank = q * total
     lower, below = 0.0, 0
-    for bound in LATENCY_BUCKETS_MS:
+    for bound in LATENCY_BUCKETS_US:
         count = cumulative.get(str(bound), 0)
         if count >= rank and count > below:
-            return round(lower + (bound - lower) * (rank - below) / (count - below), 1)
+            return round((lower + (bound - lower) * (rank - below) / (count - below)) / 1000, 3)
         lower, below = float(bound), count
-    return float(LATENCY_BUCKETS_MS[-1])
-
-
-def prometheus_text(
-    snap: Mapping[str, Any],
-    *,
-    jobs: Mapping[str, int] | None = None,
-    queue_depth: int | None = None,
-    due: int | None = None,
-) -> str:
-    """``snap`` (from :func:`snapshot`) and the given gauges in the Prometheus text format."""
-    out: list[str] = []
-
-    def family(name: str, kind: str, help_: str) -> None:
-        out.extend((f"# HELP {name} {help_}", f"# TYPE {name} {kind}"))
-
-    family(
-        "recorder_api_calls_total",
-        "counter",
-        "VideoSDK API calls by HTTP status, or by outcome when no answer came.",
-    )
-    for status, n in snap["api_calls"].items():
-        out.append(f"recorder_api_calls_total{{status={_label(status)}}} {n}")
-
-    latency = snap["api_latency_ms"]
-    family("recorder_api_latency_seconds", "histogram", "VideoSDK API call latency.")
-    for bound, n in latency["buckets"].items():
-        le = bound if bound == _INF else _number(int(bound) / 1000)
-        out.append(f"recorder_api_latency_seconds_bucket{{le={_label(le)}}} {n}")
-    out.append(f"recorder_api_latency_seconds_sum {_number(latency['sum'] / 1000)}")
-    out.append(f"recorder_api_latency_seconds_count {latency['count']}")
-
-    family(
-        "recorder_rate_limit_waits_total",
-        "counter",
-        "Waits for the global rate limit: inline (in the worker slot) or deferred (handed back).",
-    )
-    for kind, n in snap["rate_limit_waits"].items():
-        out.append(f"recorder_rate_limit_waits_total{{kind={_label(kind)}}} {n}")
-    family("recorder_rate_limit_wait_seconds_total", "counter", "Total length of those waits.")
-    for kind, s in snap["rate_limit_wait_s"].items():
-        out.append(f"recorder_rate_limit_wait_seconds_total{{kind={_label(kind)}}} {_number(s)}")
-
-    if jobs is not None:
-        family("recorder_jobs", "gauge", "Job records by status.")
-        for status, n in jobs.items():
-            out.append(f"recorder_jobs{{status={_label(status)}}} {n}")
-    if queue_depth is not None:
-        family("recorder_queue_depth", "gauge", "Messages waiting on the Celery queue.")
-        out.append(f"recorder_queue_depth {queue_depth}")
-    if due is not None:
-        family("recorder_jobs_due", "gauge", "Jobs waiting for a time (scheduled or deferred).")
-        out.append(f"recorder_jobs_due {due}")
-    return "\n".join(out) + "\n"
-
-
-def _label(value: str) -> str:
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+    return LATENCY_BUCKETS_US[-1] / 1000
