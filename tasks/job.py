@@ -22,6 +22,30 @@ class Kind(StrEnum):
 RECORDING_RANK = {"starting": 1, "started": 2, "stopping": 3, "stopped": 4, "failed": 4}
 
 
+#: every field of a ``recording``: records store only those known (None is left out)
+RECORDING_FIELDS: dict[str, Any] = dict.fromkeys(
+    (
+        "status",
+        "session_id",
+        "file_url",
+        "file_path",
+        "started_at",
+        "stopped_at",
+        "failed_at",
+        "updated_at",
+    )
+)
+
+
+def recording_view(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored recording with every field: unknown ones None, ``stopped_at``/``failed_at``
+    read from ``updated_at`` (the time of its last move), as the store keeps them."""
+    view = {**RECORDING_FIELDS, **stored}
+    if view["status"] in ("stopped", "failed"):
+        view[f"{view['status']}_at"] = view["updated_at"]
+    return view
+
+
 class Status(StrEnum):
     """Where a job is in its life. Terminal statuses never change again (but see ``retry``)."""
 
@@ -64,8 +88,7 @@ class Job:
     ``kind`` is ``start`` or ``stop``. ``recording`` is what VideoSDK's webhooks (or a
     reconciliation) said of the recording a start job began: None until something is known,
     then ``{"status", "session_id", "file_url", "file_path", "started_at", "stopped_at",
-    "failed_at", "updated_at", "event"}`` (times ISO 8601 UTC, ``event`` the last webhook type
-    applied). ``max_duration_s`` and ``stop_job_id``: the stop scheduled when the start
+    "failed_at", "updated_at"}`` (times ISO 8601 UTC; unknown ones None). ``max_duration_s`` and ``stop_job_id``: the stop scheduled when the start
     succeeded. ``notify_task``: the Celery task told of every change (see ``tasks.notify``).
     """
 
@@ -123,4 +146,8 @@ class Job:
         extra = {k: v for k, v in data.items() if k not in known}
         kwargs["status"] = Status(kwargs["status"])
         kwargs["kind"] = Kind(kwargs.get("kind") or Kind.START)
+        if kwargs.get("start_deadline") is None and isinstance(extra.get("_deadline"), int):
+            kwargs["start_deadline"] = utc_iso(extra["_deadline"] / 1000)
+        if isinstance(kwargs.get("recording"), dict):
+            kwargs["recording"] = recording_view(kwargs["recording"])
         return cls(**kwargs, extra=extra)

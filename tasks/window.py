@@ -25,7 +25,7 @@ import random
 from typing import Any
 
 from tasks.errors import ValidationError
-from tasks.job import Job, utc_iso
+from tasks.job import Job
 
 DEFAULT_START_WINDOW_S = 600.0
 #: a window may be as long as a job record lives (``RECORDER_JOB_TTL``); this is the hard cap.
@@ -68,13 +68,12 @@ def check_start_window(value: object) -> float | None:
 
 
 def window_fields(due_s: float, window_s: float) -> dict[str, Any]:
-    """The record fields of a window opening at ``due_s`` (epoch s): shown, and ``_deadline`` ms."""
+    """The record fields of a window opening at ``due_s`` (epoch s): ``start_window_s`` and
+    ``_deadline`` (ms; ``Job.start_deadline`` is read from it)."""
     window_s = float(window_s)
-    deadline_s = due_s + window_s
     return {
         "start_window_s": int(window_s) if window_s.is_integer() else window_s,
-        "start_deadline": utc_iso(deadline_s),
-        "_deadline": int(deadline_s * 1000),
+        "_deadline": int((due_s + window_s) * 1000),
     }
 
 

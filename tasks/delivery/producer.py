@@ -21,7 +21,7 @@ import redis
 
 from tasks.delivery.dispatcher import Publish
 from tasks.errors import BrokerUnavailable, IdempotencyConflict, JobNotFound, ValidationError
-from tasks.job import CANCELLABLE, Job, Kind, Status
+from tasks.job import CANCELLABLE, Job, Kind, Status, utc_iso
 from tasks.notify import check_notify_task
 from tasks.request import UNENCODABLE, RecordingRequest, is_utf8
 from tasks.store.jobs import JobStore
@@ -88,7 +88,8 @@ class Producer:
         expired = None
         if late_s > 0:
             event = "was fired by its schedule" if schedule is not None else "was enqueued"
-            message = too_late_message(window_s, window["start_deadline"], late_s, event=event)
+            deadline = utc_iso(window["_deadline"] / 1000)
+            message = too_late_message(window_s, deadline, late_s, event=event)
             expired = {"type": "expired", "message": message}
         try:
             job, created = self.store.create(

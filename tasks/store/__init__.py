@@ -14,8 +14,6 @@ key                             type    holds (written by)
 ``{p}:status:{status}``         zset    job ids in that status, by creation ms
 ``{p}:due``                     zset    ids waiting for a time, by due ms: scheduled jobs,
                                         deferred retries, stranded jobs found by the sweeper
-``{p}:recording:{status}``      zset    start job ids by their recording's status (starting ..
-                                        stopped, failed), by creation ms (``recordings``)
 ``{p}:orphan:{room_id}``        string  recording state of a room's webhook events that matched
                                         no start job, JSON; expires with the record TTL
 ``{p}:reconcile``               zset    succeeded start and stop job ids whose recording is to
@@ -26,7 +24,8 @@ key                             type    holds (written by)
 ``{p}:claimed_pub``             string  the delivery watermark: the latest publish ms of a
                                         claimed job (messages published well before it have
                                         left the queue); EX 1 day
-``{p}:metrics``                 hash    API calls, latency buckets and waits of every worker
+``{p}:metrics``                 hash    API calls, latency buckets and waits of every worker,
+                                        recordings by the status they reached
                                         (``metrics``); no TTL: counters, like Prometheus's
 ``{p}:rl:tat``                  string  the GCRA theoretical arrival time, µs (``ratelimit``)
 ``{p}:rl:cooldown``             string  until when nobody may call after a Retry-After, µs

@@ -2,7 +2,7 @@
 
 One event is one atomic script (:data:`APPLY_EVENT_LUA`): it finds the room's most recent start
 job, moves its ``recording`` forward (never back: duplicates and late events change nothing),
-keeps the per-status index of recordings, and wakes a start job waiting for the room to go live
+counts the move by status, and wakes a start job waiting for the room to go live
 on ``session-started``. The key schema is in :mod:`tasks.store`.
 """
 
@@ -105,12 +105,7 @@ class Recordings(Keyspace):
         return json.loads(raw) if raw else None
 
     def recording_counts(self) -> dict[str, int]:
-        """Start jobs per recording status, from the recording indexes (expired ones trimmed)."""
-        cutoff = int((self.clock() - self.ttl_s) * 1000)
-        statuses = list(RECORDING_RANK)
-        pipe = self.client.pipeline(transaction=False)
-        for status in statuses:
-            pipe.zremrangebyscore(self.key("recording", status), "-inf", cutoff)
-            pipe.zcard(self.key("recording", status))
-        results = pipe.execute()
-        return {status: int(results[2 * i + 1]) for i, status in enumerate(statuses)}
+        """Recordings that reached each status, counted as the events moved them (a counter
+        of moves in the metrics hash, like Prometheus's; records themselves expire)."""
+        raw = self.client.hmget(self.key("metrics"), [f"recordings:{s}" for s in RECORDING_RANK])
+        return {status: int(n or 0) for status, n in zip(RECORDING_RANK, raw, strict=True)}

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from tasks.store.ratelimit import GCRA_LUA
 
+# cjson escapes every "/" as "\/" (JSON allows it, never needs it): URLs in records would grow
+# by a byte per slash. Every script encodes records with ``enc`` instead, and a JSON null in a
+# patch removes the field (``Job`` reads a missing field as None), so records carry no nulls.
+ENC_LUA = """
+local function enc(t) return (string.gsub(cjson.encode(t), '\\\\/', '/')) end
+"""
+
 # KEYS[1] job, KEYS[2] idem (a placeholder when none), KEYS[3] jobs, KEYS[4] room,
 # KEYS[5] status index, KEYS[6] due
 # ARGV[1] id, ARGV[2] record, ARGV[3] ttl_s, ARGV[4] created ms, ARGV[5] "1" if idempotent,
@@ -44,7 +51,7 @@ return ARGV[1]
 # none) and ARGV[11..] its field, increment pairs: the counters of the calls this change
 # reports. The counters are added whether or not the change applies: the calls were made.
 # Returns {1, record} when applied, else {0, reason, record or nil}.
-UPDATE_LUA = """
+UPDATE_LUA = ENC_LUA + """
 if ARGV[10] ~= '' then
   for i = 11, #ARGV, 2 do redis.call('HINCRBY', ARGV[10], ARGV[i], ARGV[i + 1]) end
 end
@@ -56,7 +63,9 @@ local old = rec.status
 if ARGV[3] ~= '' and not string.find(ARGV[3], ' ' .. old .. ' ', 1, true) then
   return {0, 'status', raw}
 end
-for k, v in pairs(cjson.decode(ARGV[4])) do rec[k] = v end
+for k, v in pairs(cjson.decode(ARGV[4])) do
+  if v == cjson.null then rec[k] = nil else rec[k] = v end
+end
 if ARGV[6] == '1' then rec.attempts = (rec.attempts or 0) + 1 end
 if ARGV[7] == '-' then
   rec._due = nil
@@ -72,7 +81,7 @@ if ARGV[8] == 'release' then
 elseif ARGV[8] ~= '' then
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end
-local out = cjson.encode(rec)
+local out = enc(rec)
 redis.call('SET', KEYS[1], out, 'KEEPTTL')
 if rec.status ~= old then
   redis.call('ZREM', ARGV[1] .. ':status:' .. old, ARGV[2])
@@ -102,6 +111,7 @@ return {1, out}
 # the runner fails the job instead) and when no slot is free at once (the runner waits).
 CLAIM_LUA = (
     GCRA_LUA
+    + ENC_LUA
     + """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'missing'} end
@@ -156,7 +166,7 @@ if ARGV[6] == '1' and (rec.attempts or 0) - (rec._base or 0) < tonumber(ARGV[9])
   rec.updated_at = ARGV[7]
   rec._touched = tonumber(ARGV[3])
 end
-local out = cjson.encode(rec)
+local out = enc(rec)
 redis.call('SET', KEYS[1], out, 'KEEPTTL')
 return {'claimed', out, began}
 """
@@ -168,7 +178,7 @@ return {'claimed', out, began}
 # Takes the due jobs: scheduled ones become queued; each stays in the due set, pushed back by
 # ARGV[3], until DISPATCHED_LUA confirms its message was published (so a crash between the two
 # re-dispatches it instead of losing it). Returns a flat list of id, room id pairs.
-POP_DUE_LUA = """
+POP_DUE_LUA = ENC_LUA + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local out = {}
 for _, id in ipairs(ids) do
@@ -188,7 +198,7 @@ for _, id in ipairs(ids) do
     end
     rec._due = nil
     rec._touched = tonumber(ARGV[1])
-    redis.call('SET', key, cjson.encode(rec), 'KEEPTTL')
+    redis.call('SET', key, enc(rec), 'KEEPTTL')
     table.insert(out, id)
     table.insert(out, rec.room_id)
   end
@@ -220,7 +230,7 @@ return 1
 # holding it), or quiet for ARGV[4] ms whatever the evidence. Each stranded job is put in the due
 # set for the dispatcher and marked ``_swept``, so it is not put there again before that time
 # has passed once more.
-SWEEP_LUA = """
+SWEEP_LUA = ENC_LUA + """
 local now = tonumber(ARGV[2])
 local lost = tonumber(ARGV[5])
 local watermark = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -247,7 +257,7 @@ for i = 7, #ARGV do
       rec._swept = now
       rec._due = now
       redis.call('ZADD', KEYS[1], now, id)
-      redis.call('SET', key, cjson.encode(rec), 'KEEPTTL')
+      redis.call('SET', key, enc(rec), 'KEEPTTL')
       found = found + 1
     end
   end
@@ -262,25 +272,24 @@ return found
 # One webhook event, applied to the room's most recent start job: the newest of its last 20 jobs
 # that has made a call, else the newest. A recording status moves only forward (RECORDING_RANK):
 # an event ranking at or below the current status changes nothing, so duplicates and late
-# arrivals are harmless. ``session-started`` makes a start job waiting for the room to go live
-# (``retrying``/``not_live``) due now. A recording event for a room with no start job is kept in
-# ``{prefix}:orphan:{room}`` (same merge, the record TTL), so a lookup still answers.
+# arrivals are harmless. Each move counts in the metrics hash (``recordings:{status}``).
+# ``session-started`` makes a start job waiting for the room to go live (``retrying`` /
+# ``not_live``) due now. A recording event for a room with no start job is kept in
+# ``{prefix}:orphan:{room}`` (same merge, the record TTL), so a lookup still answers. The
+# recording stores ``started_at`` and ``updated_at`` (the time of its last move: when it stopped
+# or failed, for those), nothing null, to keep each record small.
 # Returns {outcome, record or state JSON, previous recording status or ""}: outcome is applied,
 # unchanged, woken, noted (a session event with nothing to do), orphan or orphan_unchanged.
-APPLY_EVENT_LUA = """
+APPLY_EVENT_LUA = ENC_LUA + """
 local RANK = {starting = 1, started = 2, stopping = 3, stopped = 4, failed = 4}
 local function merge(cur)
-  local r = cur or {session_id = cjson.null, file_url = cjson.null, file_path = cjson.null,
-                    started_at = cjson.null, stopped_at = cjson.null, failed_at = cjson.null}
+  local r = cur or {}
   r.status = ARGV[4]
   if ARGV[5] ~= '' then r.session_id = ARGV[5] end
   if ARGV[6] ~= '' then r.file_url = ARGV[6] end
   if ARGV[7] ~= '' then r.file_path = ARGV[7] end
   if ARGV[4] == 'started' then r.started_at = ARGV[8] end
-  if ARGV[4] == 'stopped' then r.stopped_at = ARGV[8] end
-  if ARGV[4] == 'failed' then r.failed_at = ARGV[8] end
   r.updated_at = ARGV[8]
-  r.event = ARGV[3]
   return r
 end
 local function forward(cur)
@@ -306,7 +315,7 @@ if ARGV[4] == '' then
     rec._due = tonumber(ARGV[9])
     rec.next_attempt_at = ARGV[8]
     redis.call('ZADD', ARGV[1] .. ':due', ARGV[9], id)
-    raw = cjson.encode(rec)
+    raw = enc(rec)
     redis.call('SET', ARGV[1] .. ':job:' .. id, raw, 'KEEPTTL')
     return {'woken', raw, ''}
   end
@@ -317,7 +326,7 @@ if not rec then
   local old = redis.call('GET', key)
   local state = old and cjson.decode(old)
   if state and not forward(state) then return {'orphan_unchanged', old, state.status} end
-  local out = cjson.encode(merge(state))
+  local out = enc(merge(state))
   redis.call('SET', key, out, 'EX', ARGV[10])
   return {'orphan', out, state and state.status or ''}
 end
@@ -326,12 +335,9 @@ if not forward(rec.recording) then
 end
 local previous = type(rec.recording) == 'table' and rec.recording.status or ''
 rec.recording = merge(type(rec.recording) == 'table' and rec.recording or nil)
-local out = cjson.encode(rec)
+local out = enc(rec)
 redis.call('SET', ARGV[1] .. ':job:' .. id, out, 'KEEPTTL')
-if previous ~= '' then redis.call('ZREM', ARGV[1] .. ':recording:' .. previous, id) end
-local index = ARGV[1] .. ':recording:' .. ARGV[4]
-redis.call('ZADD', index, rec._ts, id)
-redis.call('ZREMRANGEBYSCORE', index, '-inf', tonumber(ARGV[9]) - tonumber(ARGV[10]) * 1000)
+redis.call('HINCRBY', ARGV[1] .. ':metrics', 'recordings:' .. ARGV[4], 1)
 return {'applied', out, previous}
 """
 

@@ -83,6 +83,8 @@ class Writes(Reads):
         }
         if expired is not None:
             record.update(finished_at=now_iso, error=expired)
+        # a missing field reads as None: storing no nulls keeps each record small
+        record = {k: v for k, v in record.items() if v is not None}
         if run_at_s is not None:
             record["_due"] = int(due_ms)
         stored_id = self._create(
