@@ -1,7 +1,8 @@
 """The HTTP API (FastAPI on uvicorn: ``recorder serve``), routes fixed by the contract.
 
 Every route but the webhook needs ``Authorization: Bearer <token>`` (:mod:`.auth`), else 401.
-JSON in and out; a job is ``Job.to_dict()``. OpenAPI docs at ``/docs``.
+JSON in and out; a job is ``Job.to_dict()``. OpenAPI docs at ``/docs``, their Swagger UI files
+served by the app itself (fastapi-offline), so they work with no internet.
 
 - ``POST /v1/recordings`` ``{"room_id", and the enqueue options by their Python names}`` → 201
   the job; invalid input → 422 naming the field (nothing stored); an ``IdempotencyConflict`` →
@@ -23,8 +24,9 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
@@ -66,7 +68,8 @@ def require_token(authorization: str | None = Header(default=None)) -> None:
         )
 
 
-app = FastAPI(
+# FastAPI's /docs loads Swagger UI from a CDN: FastAPIOffline serves the same files itself
+app = FastAPIOffline(
     title="videosdk-recorder",
     summary="Record VideoSDK meetings reliably: enqueue starts and stops, look jobs up.",
     version="1",
