@@ -11,7 +11,8 @@ the job records are the truth).
 
 Both are public seams: the app's ``events`` class (whose ``dispatcher_cls`` Celery builds every
 dispatcher from) and a consumer bootstep using the consumer's ``hub`` and ``event_dispatcher``.
-Producers' ``task-sent`` events are not buffered, so they are sent as before.
+Producers' ``task-sent`` events are not buffered, so they are sent as before, under one name per
+host (:func:`producer_nodename`).
 """
 
 from __future__ import annotations
@@ -21,15 +22,26 @@ from typing import Any
 from celery import bootsteps
 from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
+from celery.utils.nodenames import gethostname, nodename
 
 #: how long a worker's task events may wait to be sent together
 FLUSH_INTERVAL_S = 0.1
 
 
+def producer_nodename() -> str:
+    """``producer@<host>``: the name a dispatcher not given one (a producer's, for ``task-sent``)
+    sends its events under, instead of Celery's ``gen<pid>@<host>``, so Flower's per-worker
+    series and Workers page grow with the hosts that enqueue, not with every process that did."""
+    return nodename("producer", gethostname())
+
+
 class BatchingEventDispatcher(EventDispatcher):
-    """Celery's dispatcher, leaving the flush of buffered task events to :class:`EventFlush`."""
+    """Celery's dispatcher, leaving the flush of buffered task events to :class:`EventFlush`;
+    one built without a hostname (a producer's) is :func:`producer_nodename`."""
 
     def __init__(self, *args: Any, on_send_buffered: Any = None, **kwargs: Any) -> None:
+        if len(args) < 2 and not kwargs.get("hostname"):
+            kwargs["hostname"] = producer_nodename()
         super().__init__(*args, on_send_buffered=None, **kwargs)
 
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -113,8 +117,11 @@ def test_flower_shows_each_job_from_enqueue_to_success_with_its_room(
     assert "room-flower-1" in sent["kwargs"] and job.id in sent["args"]
     listed = flower.get("/api/tasks").json()
     assert job.id in listed and "room-flower-1" in listed[job.id]["kwargs"]
-    # and the tasks page has a kwargs column (FLOWER_TASKS_COLUMNS, as docker-compose.yml sets)
-    assert 'data-column="kwargs"' in flower.get("/tasks").text
+    # and the tasks page shows the room and the outcome (FLOWER_TASKS_COLUMNS, as
+    # docker-compose.yml sets it: no flag)
+    page = flower.get("/tasks").text
+    for column in ("kwargs", "result", "exception"):
+        assert f'data-column="{column}"' in page, column
     # Then a worker runs it, and Flower shows its state and runtime
     start_worker()
 
@@ -156,16 +163,28 @@ def test_flower_api_and_pages_need_the_basic_auth_credentials(flower: FlowerProc
     assert flower.get("/api/tasks").status_code == 200
 
 
-def test_flower_serves_prometheus_metrics(flower: FlowerProcess) -> None:
+def test_flower_serves_prometheus_metrics_bounded_however_many_producers_enqueue(
+    flower: FlowerProcess,
+) -> None:
     wait_until_flower_listens(flower)  # so at least one task-sent event was counted
+    # Given three more producer processes, each enqueueing a job (each used to add a
+    # gen<pid>@host worker to Flower's series)
+    for i in range(3):
+        subprocess.run(
+            [sys.executable, "-m", "tasks.cli", "enqueue", f"room-producer-{i}"],
+            cwd=ROOT, check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
 
-    def has_events() -> str | None:
+    def counted_all() -> str | None:
         text: str = flower.get("/metrics", auth=None).text
-        return text if "flower_events_total{" in text else None
+        sent = [line for line in text.splitlines() if 'type="task-sent"' in line]
+        return text if sent and sum(float(line.split()[-1]) for line in sent) >= 4 else None
 
-    text = wait_for(has_events, timeout_s=30, interval_s=0.3)
+    text = wait_for(counted_all, timeout_s=30, interval_s=0.3)
     assert "# TYPE flower_events_total counter" in text
-    assert 'type="task-sent"' in text
+    # Then every producer's events are under one name per host, never a process's own
+    workers = set(re.findall(r'worker="([^"]+)"', text))
+    assert workers == {f"producer@{socket.gethostname()}"}, workers
 
 
 def test_flower_never_shows_the_redis_password(
