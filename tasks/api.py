@@ -35,13 +35,7 @@ LIST_LIMIT_MAX = 1000
 
 def producer() -> Producer:
     """The process's producer: the job store, publishing through the Celery app."""
-    s = runtime.config()
-    return Producer(
-        store=runtime.store(),
-        publish=publish_job,
-        start_window_s=s.start_window_s,
-        webhook_url=s.webhook_url,
-    )
+    return runtime.producer(publish_job)
 
 
 def enqueue_recording(

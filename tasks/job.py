@@ -88,8 +88,9 @@ class Job:
     ``kind`` is ``start`` or ``stop``. ``recording`` is what VideoSDK's webhooks (or a
     reconciliation) said of the recording a start job began: None until something is known,
     then ``{"status", "session_id", "file_url", "file_path", "started_at", "stopped_at",
-    "failed_at", "updated_at"}`` (times ISO 8601 UTC; unknown ones None). ``max_duration_s`` and ``stop_job_id``: the stop scheduled when the start
-    succeeded. ``notify_task``: the Celery task told of every change (see ``tasks.notify``).
+    "failed_at", "updated_at"}`` (times ISO 8601 UTC; unknown ones None). ``max_duration_s``
+    and ``stop_job_id``: the stop scheduled when the start succeeded. ``notify_task``: the
+    Celery task told of every change (see ``tasks.notify``).
     """
 
     id: str

@@ -14,6 +14,7 @@ from typing import TypeVar
 import redis
 
 from tasks.delivery.dispatcher import Dispatcher, Publish, QueueDepth
+from tasks.delivery.producer import Producer
 from tasks.delivery.reconciler import Reconciler
 from tasks.delivery.runner import Runner
 from tasks.notify import Notifier
@@ -85,6 +86,18 @@ def limiter() -> RedisRateLimiter:
         lambda: RedisRateLimiter(
             client=redis_conn(), rate_per_s=s.rate_per_s, burst=s.rate_burst, prefix=s.key_prefix
         ),
+    )
+
+
+def producer(publish: Publish) -> Producer:
+    """A producer on the process's store, with the settings' window and webhook URL, publishing
+    with ``publish`` (``worker.publish.publish_job``: the public API's and beat's)."""
+    s = settings()
+    return Producer(
+        store=store(),
+        publish=publish,
+        start_window_s=s.start_window_s,
+        webhook_url=s.webhook_url,
     )
 
 

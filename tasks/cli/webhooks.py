@@ -1,6 +1,6 @@
 """``recorder webhooks [--host H] [--port P]``: serve the webhook receiver with uvicorn.
 
-Serves ``tasks.webhooks.app:app`` (``POST /webhooks/videosdk``) with uvicorn on uvloop and
+Serves ``tasks.http.receiver:app`` (``POST /webhooks/videosdk``) with uvicorn on uvloop and
 httptools, one process. Before it listens, the settings are read (a bad one: exit 2, one line)
 and the receiver is built, its public key fetched when it is not pinned (a fetch that fails is
 logged and tried again at the first webhook, so the API being down does not keep the receiver
@@ -32,7 +32,7 @@ from worker.publish import send_notification
 
 logger = logging.getLogger(__name__)
 
-APP = "tasks.webhooks.app:app"
+APP = "tasks.http.receiver:app"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8091
 #: longest wait for requests in flight after SIGTERM, seconds

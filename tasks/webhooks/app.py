@@ -1,8 +1,8 @@
 """The webhook receiver as an ASGI app: ``POST /webhooks/videosdk``.
 
-``recorder webhooks`` serves :data:`app` with uvicorn; an application can mount it instead (any
-ASGI framework: FastAPI ``app.mount("/", ...)``, Starlette ``Mount``; Django and Flask through
-their ASGI adapters), or call ``tasks.handle_webhook(raw_body, signature)`` from its own route.
+:func:`create_app` builds it around any ``handle`` (the ready app, configured from the
+environment, is ``tasks.http.receiver:app``, which ``recorder webhooks`` serves; the HTTP API
+mounts :func:`webhook_endpoint` on its own app).
 
 Answers: 2xx ``{"outcome": ...}`` for every verified event (an unknown room or type too), 401 for
 a missing or bad signature, 400 for a verified body that is not a JSON object, 413 for a body
@@ -21,7 +21,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tasks.api import handle_webhook
 from tasks.errors import (
     InvalidWebhookBody,
     InvalidWebhookSignature,
@@ -73,7 +72,3 @@ def webhook_endpoint(handle: Callable[[], Handle]) -> Callable[[Request], object
 def create_app(handle: Callable[[], Handle]) -> Starlette:
     """An ASGI app serving ``POST /webhooks/videosdk`` with ``handle()``."""
     return Starlette(routes=[Route(PATH, webhook_endpoint(handle), methods=["POST"])])
-
-
-#: the ready ASGI app, configured from the environment (``recorder webhooks`` serves it)
-app = create_app(lambda: handle_webhook)
