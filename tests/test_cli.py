@@ -668,3 +668,22 @@ def test_stats_shows_latency_to_a_tenth_of_a_millisecond(
     assert latency["p90"] == pytest.approx(2.9, rel=0.1)
     _, out, _ = run(capsys, "stats")
     assert re.search(r"API latency:    p50 2\.\d\d ms, p90 [23]\.\d\d ms", out), out
+
+
+def test_health_is_red_when_a_job_waits_in_the_queue_though_workers_say_they_consume(
+    rdb: redis.Redis, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given workers that claim to consume the queue (as after celery#10302) and a job nobody took
+    assert cli_ops.oldest_wait() is None, "an empty queue has nothing waiting"
+    job = enqueue_recording("room-waiting")
+    waiting = cli_ops.oldest_wait(now_s=time.time() + 100)
+    assert waiting is not None and waiting.job_id == job.id and 99 < waiting.wait_s < 102
+    consuming = cli_ops.Workers(replied=("celery@a",), consuming=("celery@a",))
+    monkeypatch.setattr(cli_ops, "workers", lambda **_: consuming)
+    assert run(capsys, "health")[0] == 0, "not yet waited longer than a worker would leave it"
+    # When it has waited longer than --max-queue-wait
+    time.sleep(1.1)
+    code, out, err = run(capsys, "health", "--max-queue-wait", "1")
+    # Then health is red, naming the job and the queue
+    assert code == 1 and out == ""
+    assert re.match(rf"recorder: job {job.id} has waited \ds in queue 'recorder'", one_line(err))
