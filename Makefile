@@ -33,6 +33,12 @@ soak: $(STAMP)
 	$(BIN)/python tests/benchmarks/soak.py --runs 5 --pool both
 	RECORDER_SOAK_FULL=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/integration/test_redis_outage.py
 
+.PHONY: bench-webhooks
+# the webhook receiver: 500 verified webhooks/s for 10 s (p50/p99/max latency), then Redis
+# memory per job with its recording state (10,000 jobs); private redis-servers, about 1 minute
+bench-webhooks: $(STAMP)
+	$(BIN)/python tests/benchmarks/webhooks.py
+
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
