@@ -13,10 +13,8 @@ from tasks.schedules.store import Schedule, ScheduleStore
 
 
 def store() -> ScheduleStore:
-    """The process's schedule store, under redbeat's key prefix (``redbeat_key_prefix``)."""
-    return ScheduleStore(
-        client=runtime.redis_conn(), key_prefix=runtime.config().redbeat_key_prefix
-    )
+    """The process's schedule store, under the project's key prefix (``RECORDER_KEY_PREFIX``)."""
+    return ScheduleStore(client=runtime.redis_conn(), prefix=runtime.config().key_prefix)
 
 
 def add_schedule(
@@ -59,5 +57,5 @@ def get_schedule(name: str) -> Schedule | None:
 
 
 def list_schedules() -> list[Schedule]:
-    """Every schedule, by name."""
+    """Every schedule, by name (three Redis commands, however many there are)."""
     return store().all()

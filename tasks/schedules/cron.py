@@ -1,41 +1,35 @@
-"""Fire times of recurring schedules: cron expressions in a time zone, and fixed intervals.
+"""Fire times of recurring schedules: cron expressions in a time zone (cronsim), fixed intervals.
 
-Celery's ``crontab`` evaluates in the app's one time zone. :class:`ZonedCron` keeps Celery's
-parser (so a field means what it means in Celery, names such as ``MON`` or ``jan`` included) but
-evaluates the expression on the wall clock of an IANA zone, with :mod:`zoneinfo`, the way cron
-does:
+:class:`ZonedCron` evaluates a five-field expression on the wall clock of an IANA zone with
+`cronsim <https://pypi.org/project/cronsim/>`_, which follows Debian cron's rules:
 
-- a wall-clock time that does not exist (spring forward: 02:30 on 2026-03-29 in Europe/Berlin)
-  fires at the same offset after the change (03:30 CEST), so it is late rather than skipped;
-- a wall-clock time that occurs twice (fall back) fires once, at its first occurrence;
+- a schedule whose minute or hour field starts with ``*`` (``* * * * *``, ``*/15 * * * *``,
+  ``0 * * * *``, ``0 */2 * * *``) runs on real elapsed time: through a repeated hour (fall back)
+  it keeps firing, so ``0 * * * *`` fires hourly and ``*/15`` every 15 minutes of real time, and
+  a skipped hour (spring forward) simply has no times;
+- any other schedule (``30 2 * * *``) fires once per wall-clock time: a repeated time at its
+  first occurrence, a skipped one at the first minute after the change (03:00 CEST for 02:30 on
+  2026-03-29 in Europe/Berlin);
 - when day-of-month and day-of-week are both restricted (neither starts with ``*``), a day
-  matching either fires; otherwise a day must match both (cron's rule).
+  matching either fires; otherwise a day must match both.
 
-Both classes are Celery schedules, so celery-redbeat can store them (a ZonedCron as its crontab
-fields, an :class:`Every` as an interval; the zone is kept beside it, see
-``tasks.schedules.store``).
-The scheduler fires by two exact methods, :meth:`FireTimes.next_after` and
-:meth:`FireTimes.latest_due`; every time in and out is an aware datetime, returned in UTC.
+Names (``MON``, ``jan``), ``7`` for Sunday and cronsim's ``L``, ``LW`` and ``#`` are accepted;
+``@daily`` and friends are expanded here. The scheduler uses :meth:`FireTimes.due`; every time in
+and out is an aware datetime, returned in UTC.
 """
 
 from __future__ import annotations
 
-import bisect
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from celery.schedules import ParseException, crontab, schedstate, schedule
+from cronsim import CronSim, CronSimError
 
 from tasks.errors import ValidationError
 
-#: days searched for a matching day: 8 years covers "29 February" across a skipped leap year.
-HORIZON_DAYS = 8 * 366 + 2
 EVERY_MIN_S = 1.0
 EVERY_MAX_S = 366 * 24 * 3600.0
-#: how long beat may sleep when a schedule has no next fire time at all.
-NEVER_S = 3600.0
 ALIASES = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
@@ -46,6 +40,7 @@ ALIASES = {
     "@hourly": "0 * * * *",
 }
 _FIELDS = "minute hour day-of-month month day-of-week"
+_SECOND = timedelta(seconds=1)
 
 
 def zone(name: object) -> ZoneInfo:
@@ -66,7 +61,7 @@ def utc(moment: datetime) -> datetime:
 
 
 class FireTimes:
-    """Exact fire times, and Celery's ``is_due``/``remaining_estimate`` derived from them."""
+    """Exact fire times of a schedule."""
 
     def next_after(self, moment: datetime) -> datetime | None:
         """The first fire time strictly after ``moment``, or None if there is none."""
@@ -76,28 +71,17 @@ class FireTimes:
         """The latest fire time in ``(after, now]``: the one to fire; None if none is due."""
         raise NotImplementedError
 
-    def now(self) -> datetime:
-        nowfun = getattr(self, "nowfun", None)  # Celery's hook, used by tests
-        return utc(nowfun()) if nowfun else datetime.now(UTC)
-
-    def remaining_estimate(self, last_run_at: datetime) -> timedelta | None:
-        following = self.next_after(last_run_at)
-        return None if following is None else following - self.now()
-
-    def is_due(self, last_run_at: datetime) -> schedstate:
-        """Due when a fire time has passed since ``last_run_at``; ``next`` in seconds."""
-        now = self.now()
-        due = self.latest_due(last_run_at, now)
-        following = self.next_after(due or last_run_at)
-        wait_s = NEVER_S if following is None else (following - now).total_seconds()
-        return schedstate(is_due=due is not None, next=max(wait_s, 0.0))
+    def due(self, after: datetime, now: datetime) -> tuple[datetime | None, datetime | None]:
+        """``(fire_at, next_at)``: :meth:`latest_due`, and the first fire time after it (after
+        ``after`` when nothing is due)."""
+        fire_at = self.latest_due(after, now)
+        return fire_at, self.next_after(fire_at or after)
 
 
-class Every(FireTimes, schedule):  # type: ignore[misc]
+class Every(FireTimes):
     """Every ``every_s`` seconds on a grid anchored at the last fire (or the creation) time."""
 
-    def __init__(self, every_s: float, **kwargs: Any) -> None:
-        super().__init__(run_every=timedelta(seconds=every_s), **kwargs)
+    def __init__(self, every_s: float) -> None:
         self.every_s = every_s
         self.period = timedelta(seconds=every_s)
 
@@ -110,84 +94,69 @@ class Every(FireTimes, schedule):  # type: ignore[misc]
         return after + steps * self.period if steps >= 1 else None
 
 
-class ZonedCron(FireTimes, crontab):  # type: ignore[misc]
-    """A five-field cron expression evaluated on the wall clock of ``timezone``."""
+class ZonedCron(FireTimes):
+    """A five-field cron expression evaluated on the wall clock of ``timezone`` by cronsim."""
 
-    def __init__(self, expression: str, timezone: str = "UTC", **kwargs: Any) -> None:
-        fields = split(expression)
-        try:
-            super().__init__(
-                minute=fields[0],
-                hour=fields[1],
-                day_of_month=fields[2],
-                month_of_year=fields[3],
-                day_of_week=_sunday_as_zero(fields[4]),
-                **kwargs,
-            )
-        except (ValueError, ParseException) as exc:
-            raise ValidationError("cron", f"{expression!r}: {exc}") from None
+    def __init__(self, expression: str, timezone: str = "UTC") -> None:
+        """Raises ValidationError naming ``cron`` or ``timezone``."""
         self.expression = expression
         self.timezone = timezone
         self.zone = zone(timezone)
-        self._either_day = not fields[2].startswith("*") and not fields[4].startswith("*")
-        self._times_on = lru_cache(maxsize=32)(self._compute_times_on)
+        self._text = " ".join(split(expression))
+        try:
+            CronSim(self._text, datetime.now(self.zone))
+        except CronSimError as exc:
+            raise ValidationError("cron", f"{expression!r}: {exc}") from None
 
     def next_after(self, moment: datetime) -> datetime | None:
-        moment = utc(moment)
-        first = moment.astimezone(self.zone).date() - timedelta(days=1)
-        found: datetime | None = None
-        for offset in range(HORIZON_DAYS):
-            times = self._times_on(first + timedelta(days=offset))
-            index = bisect.bisect_right(times, moment)
-            if index < len(times):
-                # a gap near midnight can push a day's time past the next day's first: look
-                # at one more day before answering
-                if found is not None:
-                    return min(found, times[index])
-                found = times[index]
-            elif found is not None:
-                return found
-        return found
+        try:
+            return next(CronSim(self._text, utc(moment).astimezone(self.zone))).astimezone(UTC)
+        except StopIteration:  # cronsim looks 50 years ahead
+            return None
 
     def latest_due(self, after: datetime, now: datetime) -> datetime | None:
-        after, now = utc(after), utc(now)
-        if now <= after:
-            return None
-        day = now.astimezone(self.zone).date() + timedelta(days=1)
-        stop = after.astimezone(self.zone).date() - timedelta(days=1)
-        found: datetime | None = None
-        for _ in range(HORIZON_DAYS):
-            if day < stop:
-                break
-            times = self._times_on(day)
-            index = bisect.bisect_right(times, now)
-            if index and times[index - 1] > after:
-                if found is not None:
-                    return max(found, times[index - 1])
-                found = times[index - 1]
-            elif found is not None:
-                return found
-            day -= timedelta(days=1)
-        return found
+        return self.due(after, now)[0]
 
-    def _compute_times_on(self, day: date) -> list[datetime]:
-        """The day's fire times in UTC, sorted (a time in a DST gap maps past the gap)."""
-        if day.month not in self.month_of_year:
-            return []
-        by_date = day.day in self.day_of_month
-        by_weekday = (day.weekday() + 1) % 7 in self.day_of_week  # cron: 0 is Sunday
-        matches = (by_date or by_weekday) if self._either_day else (by_date and by_weekday)
-        if not matches:
-            return []
-        return sorted(
-            {
-                datetime(day.year, day.month, day.day, hour, minute, tzinfo=self.zone).astimezone(
-                    UTC
-                )
-                for hour in self.hour
-                for minute in self.minute
-            }
-        )
+    def due(self, after: datetime, now: datetime) -> tuple[datetime | None, datetime | None]:
+        # thousands of schedules share an expression, a last fire time and beat's ``now``
+        return _due(self, utc(after), utc(now))
+
+    def _due(self, after: datetime, now: datetime) -> tuple[datetime | None, datetime | None]:
+        first = self.next_after(after)
+        if first is None or first > now:
+            return None, first
+        following = self.next_after(first)
+        if following is None or following > now:
+            return first, following  # the usual case: one time is due
+        # missed several (downtime): walk back from now rather than forward through every time
+        latest = max(following, self._at_or_before(now) or following)
+        # a backward walk can miss the second pass of a repeated hour: step forward past it
+        following = self.next_after(latest)
+        while following is not None and following <= now:
+            latest, following = following, self.next_after(following)
+        return latest, following
+
+    def _at_or_before(self, moment: datetime) -> datetime | None:
+        # cronsim's backward walk starts one second before a whole-second start
+        start = utc(moment).replace(microsecond=0) + _SECOND
+        try:
+            found = next(CronSim(self._text, start.astimezone(self.zone), reverse=True))
+        except StopIteration:
+            return None
+        return found.astimezone(UTC)
+
+
+@lru_cache(maxsize=4096)
+def _due(
+    cron: ZonedCron, after: datetime, now: datetime
+) -> tuple[datetime | None, datetime | None]:
+    return cron._due(after, now)
+
+
+@lru_cache(maxsize=4096)
+def cached_cron(expression: str, timezone: str) -> ZonedCron:
+    """The one :class:`ZonedCron` of an expression in a zone (they hold no state)."""
+    return ZonedCron(expression, timezone)
 
 
 def split(expression: object) -> list[str]:
@@ -199,18 +168,6 @@ def split(expression: object) -> list[str]:
     if len(fields) != 5:
         raise ValidationError("cron", f"{expression!r} has {len(fields)} fields, not 5 ({_FIELDS})")
     return fields
-
-
-def _sunday_as_zero(field: str) -> str:
-    """Cron allows 7 for Sunday; Celery's parser knows only 0-6."""
-    parts = []
-    for part in field.split(","):
-        if part == "7":
-            part = "0"
-        elif part.endswith("-7") and "/" not in part:
-            part = f"{part[:-2]}-6,0"
-        parts.append(part)
-    return ",".join(parts)
 
 
 def parse_cron(expression: object, timezone: object = "UTC") -> ZonedCron:

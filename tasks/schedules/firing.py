@@ -2,24 +2,30 @@
 
 A schedule names a room, the recording options of ``enqueue_recording``, and either a cron
 expression evaluated in an IANA time zone (:class:`tasks.schedules.cron.ZonedCron`) or a fixed
-interval ``every_s``. Schedules are stored by :class:`tasks.schedules.store.ScheduleStore` as
-celery-redbeat entries, so they change at run time without restarting beat; beat
-(``worker.schedule``) fires each due one with :func:`fire_due`, which makes it an ordinary job.
+interval ``every_s``. Schedules are stored by :class:`tasks.schedules.store.ScheduleStore` in
+Redis, so they change at run time without restarting beat; beat (``worker.schedule``) fires the
+due ones with :func:`fire_due`, each as an ordinary job.
+
+Firing is enqueue-then-record: the job's idempotency key is the *scheduled* time, and the firing
+is recorded only after the job is stored, so a crash, a second beat or a failed record between
+the two fires the same time again and gets the same job back. Celery's ``Scheduler.apply_async``
+does it the other way round (advance, then send), which loses the firing on a crash in between.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tasks.errors import ValidationError
+from tasks.errors import BrokerUnavailable, ValidationError
 from tasks.job import Job, utc_iso
 from tasks.request import RecordingRequest
-from tasks.schedules.cron import FireTimes, parse_cron, parse_every, zone
-from tasks.schedules.store import Schedule, ScheduleStore
+from tasks.schedules.cron import parse_cron, parse_every, zone
+from tasks.schedules.store import Entry, Mark, Schedule, ScheduleStore
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +38,11 @@ RECORDING_OPTIONS = (
     "aws_dir_path",
 )
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$")
+#: schedules loaded, fired and recorded together; the caller's ``before_chunk`` runs between
+#: chunks (beat extends its lock there)
+FIRE_CHUNK = 200
+
+Enqueue = Callable[..., Job]
 
 
 def fire_key(name: str, fire_at: datetime) -> str:
@@ -84,48 +95,136 @@ def validated(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """What one due schedule does now: fire ``fire_at`` (None: nothing), then wait for
+    ``next_at`` (None: never again)."""
+
+    entry: Entry
+    fire_at: datetime | None
+    next_at: datetime | None
+
+    def mark(self) -> Mark:
+        fired = self.fire_at or self.entry.last_run_at
+        return Mark(self.entry.name, self.entry.revision, fired, self.next_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """What :func:`fire_due` did: jobs fired (or found already there), firings left to the
+    next tick because enqueueing failed."""
+
+    fired: int = 0
+    failed: int = 0
+
+
+def plan(entry: Entry, now: datetime) -> Firing:
+    """The firing of ``entry`` at ``now``: its latest due time (the latest missed one after
+    downtime, only once), and the time after it."""
+    fire_at, next_at = entry.times().due(entry.last_run_at, now)
+    return Firing(entry, fire_at, next_at)
+
+
+def fire(firing: Firing, enqueue: Enqueue) -> bool:
+    """Enqueue the firing's job; False when it must be tried again (Redis refused it).
+
+    Options that no longer validate are logged and the time skipped (True): retrying could not
+    help. The scheduled time is also the job's ``due_at``: its start window opens then, so a
+    time fired long after it (beat was down) leaves an ``expired`` job, never a late start.
+    """
+    if firing.fire_at is None:
+        return True
+    name, at = firing.entry.name, firing.fire_at
+    try:
+        job = enqueue(
+            **firing.entry.kwargs(), idempotency_key=fire_key(name, at), schedule=name, due_at=at
+        )
+    except ValidationError as exc:
+        logger.error("schedule %s: firing at %s skipped: %s", name, _iso(at), exc)
+        return True
+    except BrokerUnavailable as exc:
+        logger.warning("schedule %s: firing at %s not yet stored: %s", name, _iso(at), exc)
+        return False
+    except Exception:  # one schedule's surprise must not stop the others
+        logger.exception("schedule %s: firing at %s failed", name, _iso(at))
+        return False
+    logger.info(
+        "schedule %s fired for %s: job %s",
+        name,
+        _iso(at),
+        job.id,
+        extra={"job_id": job.id, "room_id": job.room_id, "schedule": name},
+    )
+    return True
+
+
 def fire_due(
     store: ScheduleStore,
     *,
-    name: str,
-    kwargs: Mapping[str, Any],
-    spec: Mapping[str, Any],
-    times: FireTimes,
-    last_run_at: datetime | None,
     now: datetime,
-    enqueue: Callable[..., Job],
-) -> Job | None:
-    """Fire the latest due time of one schedule: enqueue its job, then record the firing.
+    enqueue: Enqueue,
+    before_chunk: Callable[[], None] = lambda: None,
+    chunk: int = FIRE_CHUNK,
+) -> Fired:
+    """Fire every schedule due at ``now``, ``chunk`` at a time, and record each firing.
 
-    The job's idempotency key is the scheduled time, and the firing is recorded only after the
-    job is stored: a crash, a second beat or a failed record between the two fires the same
-    time again, which gives back the same job. When Redis refuses the job (BrokerUnavailable,
-    raised) nothing is recorded, so the next tick tries the same time. Options that no longer
-    validate are logged and the time skipped: retrying could not help. An entry that has no
-    ``last_run_at`` (written by something other than :class:`ScheduleStore`) is anchored at
-    ``now`` without firing.
+    A firing whose job Redis refused is not recorded, so the next tick tries the same time
+    again; one whose schedule was replaced or removed meanwhile leaves the new state alone.
     """
-    if last_run_at is None:
-        store.mark_fired(name, spec["revision"], now, times.next_after(now))
-        return None
-    fire_at = times.latest_due(last_run_at, now)
-    if fire_at is None:
-        return None
-    job: Job | None = None
-    try:
-        job = enqueue(**kwargs, idempotency_key=fire_key(name, fire_at), schedule=name)
-    except ValidationError as exc:
-        logger.error(
-            "schedule %s: firing at %s skipped: %s", name, utc_iso(fire_at.timestamp()), exc
-        )
-    if not store.mark_fired(name, spec["revision"], fire_at, times.next_after(fire_at)):
-        logger.info("schedule %s changed or was removed while firing", name)
-    if job is not None:
-        logger.info(
-            "schedule %s fired for %s: job %s",
-            name,
-            utc_iso(fire_at.timestamp()),
-            job.id,
-            extra={"job_id": job.id, "room_id": job.room_id, "schedule": name},
-        )
-    return job
+    names = store.due_names(now)
+    fired = failed = 0
+    for start in range(0, len(names), chunk):
+        before_chunk()
+        some = names[start : start + chunk]
+        entries = store.entries(some)
+        firings = [plan(entry, now) for entry in entries]
+        done = [fire(firing, enqueue) for firing in firings]
+        marks = [f.mark() for f, ok in zip(firings, done, strict=True) if ok]
+        for mark, applied in zip(marks, store.mark_fired_many(marks), strict=True):
+            if not applied:
+                logger.info("schedule %s changed or was removed while firing", mark.name)
+        # removed between the two reads, or left behind: the mark drops it from the due set
+        gone = set(some) - {entry.name for entry in entries}
+        store.mark_fired_many(Mark(name, "", now, None) for name in gone)
+        fired += sum(1 for f, ok in zip(firings, done, strict=True) if ok and f.fire_at)
+        failed += done.count(False)
+    return Fired(fired, failed)
+
+
+def publish_all(
+    pending: Sequence[tuple[str, str]],
+    publish: Callable[[str, str], None],
+    *,
+    before_chunk: Callable[[], None] = lambda: None,
+    chunk: int = FIRE_CHUNK,
+) -> int:
+    """Publish the messages of jobs already stored, ``(job_id, room_id)`` each; how many failed.
+
+    Beat stores every due job first and publishes their messages after (see
+    ``worker.schedule``). A message that cannot be published is logged and left to the sweeper,
+    as the producer leaves it: its job is stored ``queued``, so it is not lost, only later.
+    """
+
+    def one(item: tuple[str, str]) -> bool:
+        job_id, room_id = item
+        try:
+            publish(job_id, room_id)
+        except (ConnectionError, OSError) as exc:
+            logger.warning(
+                "job %s stored, its message not yet published (the sweeper will): %s",
+                job_id,
+                exc,
+                extra={"job_id": job_id, "room_id": room_id},
+            )
+            return False
+        return True
+
+    failed = 0
+    for start in range(0, len(pending), chunk):
+        before_chunk()
+        failed += [one(item) for item in pending[start : start + chunk]].count(False)
+    return failed
+
+
+def _iso(moment: datetime) -> str:
+    return utc_iso(moment.timestamp())

@@ -1,23 +1,22 @@
-"""Schedule store: recurring schedules as celery-redbeat entries in Redis.
+"""Schedule store: recurring schedules in Redis, in the project's own keys.
 
-Key schema (``{r}`` is the ``redbeat_key_prefix`` setting, ``{prefix}:redbeat:``, so
-``recorder:redbeat:`` by default; the shapes are redbeat's own, so its scheduler reads them):
+Key schema (``{p}`` is ``RECORDER_KEY_PREFIX``, ``recorder``); schedules live until removed:
 
-======================  ======  ===============================================================
-key                     type    holds
-======================  ======  ===============================================================
-``{r}{name}``           hash    ``definition`` and ``meta`` (redbeat JSON); until removed
-``{r}:schedule``        zset    entry keys by next fire time (epoch s); ``-1`` while disabled
-``{r}:lock``            string  the active beat's lock (see ``worker.schedule``)
-``{r}:statics``         set     redbeat's list of ``beat_schedule`` entries (we have none)
-======================  ======  ===============================================================
+==========================  ======  ==========================================================
+key                         type    holds
+==========================  ======  ==========================================================
+``{p}:schedules``           hash    name -> the definition, JSON: ``room_id``, ``options`` (the
+                                    recording options of every firing), ``cron`` and
+                                    ``timezone`` or ``every_s``, ``enabled``, and a
+                                    ``revision`` that changes whenever it is replaced
+``{p}:schedules:last``      hash    name -> the last fire time, epoch s: the *scheduled* time,
+                                    never the clock at firing (when it was stored, until then)
+``{p}:schedules:due``       zset    name by next fire time, epoch s: enabled schedules only
+==========================  ======  ==========================================================
 
-An entry is ours when its task is :data:`FIRE_TASK`. Its ``kwargs`` are what every firing passes
-to ``enqueue_recording`` (``room_id`` and the recording options); ``options["recorder"]`` holds
-the schedule (``cron`` and ``timezone``, or ``every_s``) and a ``revision`` that changes whenever
-the entry is replaced. redbeat can store a crontab but not its zone, so the zone lives there and
-the :class:`~tasks.schedules.cron.ZonedCron` is rebuilt from it. ``meta.last_run_at`` is the last
-fire time (exactly the scheduled time, never the clock at firing), or when the entry was stored.
+Beat (``worker.schedule``) fires what ``due`` says is due and records each firing with
+:data:`MARK_FIRED_LUA`; celery-redbeat serves beat for its lock only and none of its keys is
+written here. A list of 10,000 schedules is three commands.
 """
 
 from __future__ import annotations
@@ -25,34 +24,37 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 
 from tasks.job import utc_iso
-from tasks.schedules.cron import Every, FireTimes, ZonedCron
+from tasks.schedules.cron import Every, FireTimes, cached_cron
 
-#: the task name of our entries; never sent: beat's scheduler enqueues the job itself.
-FIRE_TASK = "recorder.fire_schedule"
-
-# KEYS[1] the entry's hash, KEYS[2] the schedule zset
-# ARGV[1] revision the firing was computed from, ARGV[2] meta JSON, ARGV[3] next fire (epoch s)
-# Records a firing only while the entry still exists with that revision, so an entry replaced
-# or removed meanwhile keeps its new state (a removed one is not brought back). Returns 1 or 0.
+# KEYS[1] definitions hash, KEYS[2] last-fire hash, KEYS[3] due zset
+# ARGV[1] name, ARGV[2] revision the firing was computed from, ARGV[3] fire time (epoch s),
+# ARGV[4] next fire time (epoch s; "" for none)
+# Records a firing only while the schedule still exists with that revision, so one replaced or
+# removed meanwhile keeps its new state (a removed one is not brought back; a name left in the
+# due set without a definition is dropped from it). Returns 1 or 0.
 MARK_FIRED_LUA = """
-local raw = redis.call('HGET', KEYS[1], 'definition')
-if not raw then return 0 end
-local ok, def = pcall(cjson.decode, raw)
-if not ok or type(def.options) ~= 'table' or type(def.options.recorder) ~= 'table'
-    or def.options.recorder.revision ~= ARGV[1] then
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
   return 0
 end
-redis.call('HSET', KEYS[1], 'meta', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
+local ok, def = pcall(cjson.decode, raw)
+if not ok or type(def) ~= 'table' or def.revision ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+if ARGV[4] == '' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+else
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+end
 return 1
 """
 
@@ -74,134 +76,235 @@ class Schedule:
         return asdict(self)
 
 
-def fire_times(spec: Mapping[str, Any]) -> FireTimes:
-    """The schedule object of an entry's ``options["recorder"]``."""
-    if spec.get("cron") is not None:
-        return ZonedCron(spec["cron"], spec.get("timezone") or "UTC")
-    return Every(spec["every_s"])
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stored schedule as beat sees it: its definition, revision and last fire time."""
+
+    schedule: Schedule
+    revision: str
+    last_run_at: datetime
+    #: the stored next fire time (the ``due`` score), None when it has none or is disabled
+    next_at: datetime | None
+
+    @property
+    def name(self) -> str:
+        return self.schedule.name
+
+    def times(self) -> FireTimes:
+        return fire_times(self.schedule.cron, self.schedule.timezone, self.schedule.every_s)
+
+    def kwargs(self) -> dict[str, Any]:
+        """What every firing passes to ``enqueue_recording``."""
+        return {"room_id": self.schedule.room_id, **self.schedule.options}
 
 
-def recorder_spec(entry_options: object) -> dict[str, Any] | None:
-    """``options["recorder"]`` of a redbeat entry, or None when the entry is not ours."""
-    spec = entry_options.get("recorder") if isinstance(entry_options, Mapping) else None
-    return spec if isinstance(spec, dict) else None
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A firing to record: ``fire_at`` becomes the last fire time, ``next_at`` the due time."""
+
+    name: str
+    revision: str
+    fire_at: datetime
+    next_at: datetime | None
+
+
+def fire_times(cron: str | None, timezone: str, every_s: float | None) -> FireTimes:
+    if cron is not None:
+        return cached_cron(cron, timezone or "UTC")
+    assert every_s is not None
+    return Every(every_s)
 
 
 class ScheduleStore:
-    """Schedules as redbeat entries (see the module docstring for the key schema)."""
+    """Schedules in Redis (see the module docstring for the key schema)."""
 
     def __init__(
-        self, *, client: redis.Redis, key_prefix: str, clock: Callable[[], float] = time.time
+        self, *, client: redis.Redis, prefix: str, clock: Callable[[], float] = time.time
     ) -> None:
         self.client = client
-        self.key_prefix = key_prefix
-        self.schedule_key = f"{key_prefix}:schedule"  # redbeat's RedBeatConfig rule
+        self.prefix = prefix
+        self.definitions_key = f"{prefix}:schedules"
+        self.last_key = f"{prefix}:schedules:last"
+        self.due_key = f"{prefix}:schedules:due"
         self.clock = clock
         self._mark_fired = client.register_script(MARK_FIRED_LUA)
 
-    def key(self, name: str) -> str:
-        return f"{self.key_prefix}{name}"
+    def put(self, schedule: Schedule, *, last_run_at: datetime | None = None) -> Schedule:
+        """Store (or replace) ``schedule``; it first fires at the first fire time from now.
 
-    def put(self, schedule: Schedule) -> Schedule:
-        """Store (or replace) ``schedule``; it first fires at the first fire time from now."""
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        spec = {
+        Replacing starts afresh: a schedule re-enabled after a week fires no stale times.
+        ``last_run_at`` keeps an earlier fire time instead (a schedule moved from elsewhere).
+        """
+        now = self._now()
+        anchor = last_run_at or now
+        definition = {
+            "room_id": schedule.room_id,
+            "options": schedule.options,
             "cron": schedule.cron,
             "timezone": schedule.timezone,
             "every_s": schedule.every_s,
+            "enabled": schedule.enabled,
             "revision": uuid.uuid4().hex,
         }
-        times = fire_times(spec)
-        definition = {
-            "name": schedule.name,
-            "task": FIRE_TASK,
-            "args": [],
-            "kwargs": {"room_id": schedule.room_id, **schedule.options},
-            "options": {"recorder": spec},
-            "schedule": times,
-            "enabled": schedule.enabled,
-        }
-        following = times.next_after(now)
-        score = following.timestamp() if schedule.enabled and following else -1
+        times = fire_times(schedule.cron, schedule.timezone, schedule.every_s)
+        following = times.next_after(anchor) if schedule.enabled else None
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.key(schedule.name), "definition", _encode(definition))
-        # replacing starts afresh: a schedule re-enabled after a week fires no stale times
-        pipe.hset(self.key(schedule.name), "meta", _encode({"last_run_at": now}))
-        pipe.zadd(self.schedule_key, {self.key(schedule.name): score})
+        pipe.hset(self.definitions_key, schedule.name, _encode(definition))
+        pipe.hset(self.last_key, schedule.name, repr(anchor.timestamp()))
+        if following is None:
+            pipe.zrem(self.due_key, schedule.name)
+        else:
+            pipe.zadd(self.due_key, {schedule.name: following.timestamp()})
         pipe.execute()
-        return self._view(definition, now, now)
+        return _view(self._entry(schedule.name, definition, anchor, following), now)
 
     def delete(self, name: str) -> bool:
         pipe = self.client.pipeline(transaction=True)
-        pipe.zrem(self.schedule_key, self.key(name))
-        pipe.delete(self.key(name))
-        return bool(pipe.execute()[1])
+        pipe.zrem(self.due_key, name)
+        pipe.hdel(self.last_key, name)
+        pipe.hdel(self.definitions_key, name)
+        return bool(pipe.execute()[2])
 
     def get(self, name: str) -> Schedule | None:
-        found: list[Schedule] = self._load([self.key(name)])
-        return found[0] if found else None
+        found = self.entries([name])
+        return _view(found[0], self._now()) if found else None
 
     def all(self) -> list[Schedule]:
-        keys = [
-            k.decode() if isinstance(k, bytes) else str(k)
-            for k in self.client.zrange(self.schedule_key, 0, -1)
+        """Every schedule, by name: three commands whatever their number."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.definitions_key)
+        pipe.hgetall(self.last_key)
+        pipe.zrange(self.due_key, 0, -1, withscores=True)
+        definitions, last, due = pipe.execute()
+        last_s = {_text(k): float(v) for k, v in last.items()}
+        due_s = {_text(k): float(v) for k, v in due}
+        now_s = self.clock()
+        shown: dict[float, str] = {}  # thousands share their next run: each formatted once
+        found = []
+        for key, raw in definitions.items():
+            name, definition = _text(key), json.loads(raw)
+            next_s = _next_run_s(definition, last_s.get(name, now_s), due_s.get(name), now_s)
+            shown_at = None
+            if next_s is not None:
+                shown_at = shown.get(next_s) or shown.setdefault(next_s, utc_iso(next_s))
+            found.append(_schedule(name, definition, shown_at))
+        return sorted(found, key=lambda s: s.name)
+
+    def entries(self, names: Sequence[str]) -> list[Entry]:
+        """The stored schedules of ``names`` (those that exist), in that order."""
+        if not names:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(self.definitions_key, names)
+        pipe.hmget(self.last_key, names)
+        pipe.zmscore(self.due_key, list(names))
+        definitions, last, due = pipe.execute()
+        now = self._now()
+        return [
+            self._entry(
+                name,
+                json.loads(raw),
+                _moment(float(last_raw)) if last_raw is not None else now,
+                _moment(score) if score is not None else None,
+            )
+            for name, raw, last_raw, score in zip(names, definitions, last, due, strict=True)
+            if raw is not None
         ]
-        return sorted(self._load(keys), key=lambda s: s.name)
+
+    def due_names(self, now: datetime) -> list[str]:
+        """Schedules whose next fire time is at or before ``now``, earliest first."""
+        found: list[bytes] = self.client.zrangebyscore(  # type: ignore[assignment]
+            self.due_key, "-inf", now.timestamp()
+        )
+        return [_text(name) for name in found]
+
+    def next_due_at(self) -> datetime | None:
+        """The earliest next fire time of any schedule."""
+        first: list[tuple[bytes, float]] = self.client.zrange(  # type: ignore[assignment]
+            self.due_key, 0, 0, withscores=True
+        )
+        return _moment(first[0][1]) if first else None
 
     def mark_fired(
         self, name: str, revision: str, fire_at: datetime, next_at: datetime | None
     ) -> bool:
-        """Record that the firing at ``fire_at`` is done; False if the entry changed meanwhile."""
-        applied = self._mark_fired(
-            keys=[self.key(name), self.schedule_key],
-            args=[
-                revision,
-                _encode({"last_run_at": fire_at}),
-                next_at.timestamp() if next_at else -1,
-            ],
-        )
-        return bool(applied)
+        """Record that the firing at ``fire_at`` is done; False if the schedule changed."""
+        return self.mark_fired_many([Mark(name, revision, fire_at, next_at)])[0]
 
-    def _load(self, keys: list[str]) -> list[Schedule]:
+    def mark_fired_many(self, marks: Iterable[Mark]) -> list[bool]:
+        """:meth:`mark_fired` for each of ``marks``, in one round trip."""
         pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hmget(key, "definition", "meta")
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        found = []
-        for raw_definition, raw_meta in pipe.execute():
-            if not raw_definition:
-                continue
-            definition = json.loads(raw_definition, cls=RedBeatJSONDecoder)
-            if (
-                definition.get("task") != FIRE_TASK
-                or recorder_spec(definition.get("options")) is None
-            ):
-                continue  # someone else's redbeat entry
-            meta = json.loads(raw_meta, cls=RedBeatJSONDecoder) if raw_meta else {}
-            found.append(self._view(definition, meta.get("last_run_at") or now, now))
-        return found
+        count = 0
+        for mark in marks:
+            self._mark_fired(
+                keys=[self.definitions_key, self.last_key, self.due_key],
+                args=[
+                    mark.name,
+                    mark.revision,
+                    repr(mark.fire_at.timestamp()),
+                    repr(mark.next_at.timestamp()) if mark.next_at else "",
+                ],
+                client=pipe,
+            )
+            count += 1
+        return [bool(applied) for applied in pipe.execute()] if count else []
+
+    def _now(self) -> datetime:
+        return _moment(self.clock())
 
     @staticmethod
-    def _view(definition: Mapping[str, Any], last_run_at: datetime, now: datetime) -> Schedule:
-        spec = definition["options"]["recorder"]
-        kwargs = dict(definition["kwargs"])
-        next_run_at = None
-        if definition.get("enabled", True):
-            times = fire_times(spec)
-            # what beat fires next: an overdue time (beat not running) or the coming one
-            upcoming = times.latest_due(last_run_at, now) or times.next_after(last_run_at)
-            next_run_at = utc_iso(upcoming.timestamp()) if upcoming else None
-        return Schedule(
-            name=definition["name"],
-            room_id=kwargs.pop("room_id"),
-            cron=spec.get("cron"),
-            every_s=spec.get("every_s"),
-            timezone=spec.get("timezone") or "UTC",
-            enabled=bool(definition.get("enabled", True)),
-            options=kwargs,
-            next_run_at=next_run_at,
+    def _entry(
+        name: str, definition: Mapping[str, Any], last_run_at: datetime, next_at: datetime | None
+    ) -> Entry:
+        return Entry(
+            _schedule(name, definition, None), definition["revision"], last_run_at, next_at
         )
+
+
+def _schedule(name: str, definition: Mapping[str, Any], next_run_at: str | None) -> Schedule:
+    enabled = bool(definition.get("enabled", True))
+    return Schedule(
+        name=name,
+        room_id=definition["room_id"],
+        cron=definition.get("cron"),
+        every_s=definition.get("every_s"),
+        timezone=definition.get("timezone") or "UTC",
+        enabled=enabled,
+        options=dict(definition.get("options") or {}),
+        next_run_at=next_run_at if enabled else None,
+    )
+
+
+def _next_run_s(
+    definition: Mapping[str, Any], last_s: float, next_s: float | None, now_s: float
+) -> float | None:
+    """What beat fires next (epoch s): the stored next fire time or, when that has passed (no
+    beat running), the latest missed time, which beat fires once when it is back."""
+    if next_s is None or next_s > now_s:
+        return next_s
+    times = fire_times(definition["cron"], definition["timezone"], definition["every_s"])
+    latest = times.latest_due(_moment(last_s), _moment(now_s))
+    return latest.timestamp() if latest else next_s
+
+
+def _view(entry: Entry, now: datetime) -> Schedule:
+    """The public view of one stored schedule (see :func:`_next_run_s`)."""
+    next_at = entry.next_at
+    if next_at is not None and next_at <= now:
+        next_at = entry.times().latest_due(entry.last_run_at, now) or next_at
+    schedule = entry.schedule
+    if not schedule.enabled or next_at is None:
+        return schedule
+    return replace(schedule, next_run_at=utc_iso(next_at.timestamp()))
+
+
+def _moment(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _encode(value: object) -> str:
-    return json.dumps(value, cls=RedBeatJSONEncoder, separators=(",", ":"))
+    return json.dumps(value, separators=(",", ":"))
