@@ -1,4 +1,5 @@
-"""Beat with real processes: one-off dispatch, recurring schedules, two beats and a takeover."""
+"""Beat with real processes: one-off dispatch, recurring schedules, two beats and a takeover,
+and a thousand schedules due on the same minute."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import tasks
 from tasks import runtime
 from tasks.job import Job, Status
 from tasks.sandbox.server import SandboxServer
+from tasks.schedules.api import store
+from tasks.schedules.firing import validated
 from tests.conftest import ROOT, WorkerProcess, wait_for
 from tests.integration.conftest import BEAT_LOCK_TIMEOUT_S, BEAT_MAX_INTERVAL_S, BeatProcess
 
@@ -29,6 +32,11 @@ TAKEOVER_S = BEAT_LOCK_TIMEOUT_S + BEAT_MAX_INTERVAL_S
 #: allowance for a loaded 2-core machine (process scheduling, Redis round trips).
 SLACK_S = 2.0
 _FIRED = re.compile(r"schedule (\S+) fired for (\S+):")
+#: schedules due on one minute in the scale test, and how soon after it all their jobs exist
+#: (the benchmark, tests/benchmarks/beat_scale.py, measures 10,000)
+MANY = 1000
+MANY_FIRED_WITHIN_S = 10.0
+LOCK_KEY = "recorder:redbeat::lock"
 
 
 def jobs_of(name: str) -> list[Job]:
@@ -164,3 +172,57 @@ def test_two_beats_fire_each_time_once_and_a_standby_takes_over_after_sigkill(
     jobs = jobs_of("ha")
     assert len({fire_time(j) for j in jobs}) == len(jobs)
     assert not fired_in(leader.log()) & fired_in(standby.log())
+
+
+@pytest.mark.timeout(180)  # waits for the next minute
+def test_a_thousand_schedules_due_on_one_minute_all_fire_and_beat_keeps_its_lock(
+    start_beat: StartBeat,
+) -> None:
+    # Given a leader whose lock lasts 2 s (firing 1,000 outlasts that unless the lock is
+    # extended while it fires) and a standby that takes the lock the moment it lapses
+    short_lock = {"RECORDER_BEAT_LOCK_TIMEOUT": "2", "RECORDER_BEAT_MAX_INTERVAL": "1"}
+    leader = start_beat(**short_lock)
+    standby = start_beat(leader=False, **short_lock)
+    if 60 - time.time() % 60 < 5:  # leave time to add them all before the minute they share
+        time.sleep(60 - time.time() % 60 + 0.5)
+    minute = (int(time.time()) // 60 + 1) * 60
+    schedules = store()
+    for i in range(MANY):
+        schedules.put(validated(f"m{i:04}", f"room-{i}", cron="* * * * *", options={}))
+    assert time.time() < minute
+
+    # When that minute comes, then every one fires that minute's job, once
+    def all_fired() -> list[Job] | None:
+        jobs = [j for j in tasks.list_jobs(limit=MANY) if j.schedule]
+        return jobs if len(jobs) >= MANY else None
+
+    jobs = wait_for(all_fired, timeout_s=minute - time.time() + 30, interval_s=0.5)
+    assert sorted(j.schedule or "" for j in jobs) == [f"m{i:04}" for i in range(MANY)]
+    assert {fire_time(j) for j in jobs} == {minute}
+    assert max(created(j) for j in jobs) - minute <= MANY_FIRED_WITHIN_S
+    # and the leader kept its lock throughout: the standby never took it, nobody stopped
+    time.sleep(2 * 2)
+    assert leader.proc.poll() is None and standby.proc.poll() is None
+    assert not standby.leading
+    assert "lost the lock" not in leader.log()
+
+
+def test_a_beat_whose_lock_was_taken_fires_nothing_until_it_gets_it_back(
+    start_beat: StartBeat, rdb: redis.Redis
+) -> None:
+    # Given a beat firing a schedule every second
+    beat = start_beat()
+    tasks.add_schedule("held", "room-held", every_s=1)
+    wait_for(lambda: len(jobs_of("held")) >= 2, timeout_s=8)
+
+    # When another holder has the lock for 4 s (as after a stall longer than the lock timeout)
+    rdb.set(LOCK_KEY, "another-beat", px=4000)
+    taken_at = time.time()
+    wait_for(lambda: "lost the lock" in beat.log(), timeout_s=BEAT_MAX_INTERVAL_S + 2)
+    lost_seen_at = time.time()
+
+    # Then it fires nothing while the other holds it, stays up, and takes the lock back after
+    wait_for(lambda: beat.log().count("beat: Acquired lock") >= 2, timeout_s=4 + TAKEOVER_S)
+    wait_for(lambda: max(created(j) for j in jobs_of("held")) > taken_at + 4, timeout_s=5)
+    assert beat.proc.poll() is None
+    assert not [j for j in jobs_of("held") if lost_seen_at < created(j) < taken_at + 4]
