@@ -55,6 +55,7 @@ from prometheus_client.registry import Collector
 from tasks import runtime
 from tasks.cli import ops
 from tasks.cli.format import BadUsage
+from tasks.logs import OutageLog
 from tasks.store import metrics
 from worker.publish import BROKER_ERRORS, queue_depth
 
@@ -74,6 +75,8 @@ class RecorderCollector(Collector):
 
     def __init__(self, *, ask_workers: bool = True) -> None:
         self.ask_workers = ask_workers
+        # a scrape every 15 s while Redis is away: a line when it goes, one a minute, one back
+        self.outage = OutageLog(logger, "metrics: Redis")
 
     def describe(self) -> list[Metric]:
         return []  # families are known only once read: nothing to check at registration
@@ -83,10 +86,11 @@ class RecorderCollector(Collector):
         try:
             families = list(self._families())
         except (*BROKER_ERRORS, ConnectionError, TimeoutError) as exc:
-            logger.warning("metrics: Redis did not answer: %s: %s", type(exc).__name__, exc)
+            self.outage.failed(exc)
             up.add_metric([], 0)
             yield up
             return
+        self.outage.recovered()
         up.add_metric([], 1)
         yield up
         yield from families
