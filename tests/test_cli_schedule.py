@@ -56,6 +56,14 @@ def test_add_then_list_then_remove(
     assert [s.name for s in tasks.list_schedules()] == ["standup"]
 
 
+def test_a_start_window_goes_with_the_schedule(
+    recorder_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("schedule", "add", "w", "room-1", "--every", "30s", "--start-window", "15m") == 0
+    [schedule] = tasks.list_schedules()
+    assert schedule.options == {"start_window_s": 900}
+
+
 def test_removing_an_unknown_schedule_is_exit_1(
     recorder_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -377,6 +377,22 @@ def test_a_firing_is_a_job_keyed_by_its_scheduled_time(
     assert [j.id for j in jobs_of("tick")] == [job.id]
 
 
+def test_a_schedules_start_window_is_given_to_each_firing(
+    recorder_env: dict[str, str], rdb: redis.Redis
+) -> None:
+    added = tasks.add_schedule("windowed", "room-1", every_s=10, start_window_s=900)
+    assert added.options == {"start_window_s": 900}
+    [entry] = store().entries(["windowed"])
+    fired_at = entry.last_run_at + timedelta(seconds=10)
+    assert fire_due(store(), now=fired_at, enqueue=enqueue) == Fired(fired=1)
+    [job] = jobs_of("windowed")
+    assert job.to_dict()["start_window_s"] == 900
+    assert job.to_dict()["start_deadline"] == utc_iso(fired_at.timestamp() + 900)
+    with pytest.raises(ValidationError) as caught:
+        tasks.add_schedule("windowed", "room-1", every_s=10, start_window_s=0)
+    assert caught.value.field == "start_window_s"
+
+
 def test_a_firing_redis_refuses_is_not_recorded_so_the_next_tick_retries_it(
     recorder_env: dict[str, str], rdb: redis.Redis
 ) -> None:

@@ -25,12 +25,15 @@ def add_schedule(
     every_s: float | None = None,
     timezone: str = "UTC",
     enabled: bool = True,
+    start_window_s: float | None = None,
     **recording_options: Any,
 ) -> Schedule:
     """Store a recurring schedule (replacing one of that name) and return it.
 
-    Exactly one of ``cron`` (five fields, evaluated in ``timezone``) and ``every_s``. Raises
-    ValidationError naming the bad field (nothing stored), BrokerUnavailable when Redis fails.
+    Exactly one of ``cron`` (five fields, evaluated in ``timezone``) and ``every_s``. Each
+    firing's job gets ``start_window_s`` (None: ``RECORDER_START_WINDOW``) from its scheduled
+    time. Raises ValidationError naming the bad field (nothing stored), BrokerUnavailable when
+    Redis fails.
     """
     schedule = validated(
         name,
@@ -39,6 +42,7 @@ def add_schedule(
         every_s=every_s,
         timezone=timezone,
         enabled=enabled,
+        start_window_s=start_window_s,
         options=recording_options,
     )
     try:

@@ -26,6 +26,7 @@ from tasks.job import Job, utc_iso
 from tasks.request import RecordingRequest
 from tasks.schedules.cron import parse_cron, parse_every, zone
 from tasks.schedules.store import Entry, Mark, Schedule, ScheduleStore
+from tasks.window import check_start_window
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,14 @@ def validated(
     every_s: object = None,
     timezone: object = "UTC",
     enabled: object = True,
+    start_window_s: object = None,
     options: Mapping[str, Any],
 ) -> Schedule:
-    """A checked :class:`Schedule` (``next_run_at`` not yet known); raises ValidationError."""
+    """A checked :class:`Schedule` (``next_run_at`` not yet known); raises ValidationError.
+
+    Its ``options`` are what every firing passes to ``enqueue_recording``: the recording
+    options given, and ``start_window_s`` when given.
+    """
     if not isinstance(name, str) or not NAME.match(name):
         raise ValidationError(
             "name", "must be 1-100 letters, digits or . _ : @ -, starting with a letter or digit"
@@ -81,6 +87,9 @@ def validated(
         parse_every(every_s)
     if not isinstance(enabled, bool):
         raise ValidationError("enabled", "must be true or false")
+    window_s = check_start_window(start_window_s)
+    if window_s is not None:
+        given["start_window_s"] = int(window_s) if window_s.is_integer() else window_s
     if isinstance(every_s, float) and every_s.is_integer():
         every_s = int(every_s)
     return Schedule(
