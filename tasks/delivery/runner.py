@@ -13,10 +13,9 @@ A delivery:
 
 An "already recording" refusal of a start (a "not recording" refusal of a stop) means success
 when an earlier attempt of this job may have done it (a timeout, a 5xx, a worker lost mid-call),
-and failure otherwise. A
-refusal that is waited out in the start window ("not live yet", the account's limits) defers
-the job without using up its attempts; once the window has closed no call is made and the job
-ends ``expired`` (:mod:`tasks.window`).
+and failure otherwise. A refusal that is waited out in the start window ("not live yet", the
+account's limits) defers the job without using up its attempts; once the window has closed no
+call is made and the job ends ``expired`` (:mod:`tasks.window`).
 """
 
 from __future__ import annotations
