@@ -23,7 +23,8 @@ name                                       type      what
 ``recorder_rate_limit_cooldown_seconds``   gauge     what is left of a 429's shared cool-down
 ``recorder_rate_limit_factor``             gauge     the effective rate / the configured rate
 ``recorder_jobs{status}``                  gauge     job records by status (``expired`` too)
-``recorder_recordings{status}``            gauge     start jobs by recording status (webhooks)
+``recorder_recordings{status}``            gauge     recordings that reached each status
+                                                     (webhooks); it only grows: use delta()
 ``recorder_jobs_due``                      gauge     jobs waiting for a time (scheduled, deferred)
 ``recorder_queue_depth``                   gauge     messages waiting on the Celery queue
 ``recorder_queue_oldest_wait_seconds``     gauge     how long the oldest message's job has
@@ -106,7 +107,7 @@ class RecorderCollector(Collector):
         if counts is not None:
             yield _labelled_gauge(
                 "recorder_recordings",
-                "Start jobs by the status of their recording (from webhooks).",
+                "Recordings that reached each status, from webhooks (only grows).",
                 "status",
                 counts(),
             )
