@@ -19,7 +19,7 @@ from tasks.errors import BrokerUnavailable, ConfigurationError, ValidationError
 from tasks.job import Job, utc_iso
 from tasks.schedules.api import store
 from tasks.schedules.cron import Every, parse_cron
-from tasks.schedules.firing import Fired, fire, fire_due, fire_key, plan, validated
+from tasks.schedules.firing import Fired, fire, fire_due, fire_key, plan, publish_all, validated
 from tasks.schedules.store import ScheduleStore
 from tasks.settings import Settings
 from worker.config import celery_config
@@ -448,6 +448,20 @@ def test_due_schedules_fire_in_chunks_with_the_callers_step_before_each(
     assert fired == Fired(fired=7)
     assert steps == [0, 3, 6]  # beat extends its lock there, between chunks
     assert sorted(j.room_id for j in tasks.list_jobs(limit=100)) == [f"room-{i}" for i in range(7)]
+
+
+def test_a_message_that_cannot_be_published_is_left_to_the_sweeper_and_the_rest_go_out() -> None:
+    published: list[str] = []
+
+    def publish(job_id: str, room_id: str) -> None:
+        if job_id == "j1":
+            raise ConnectionError("Redis went away")
+        published.append(job_id)
+
+    steps: list[int] = []
+    pending = [(f"j{i}", f"room-{i}") for i in range(5)]
+    failed = publish_all(pending, publish, chunk=2, before_chunk=lambda: steps.append(1))
+    assert (failed, published, len(steps)) == (1, ["j0", "j2", "j3", "j4"], 3)
 
 
 def test_beat_moves_schedules_of_earlier_versions_out_of_redbeats_keys(

@@ -71,9 +71,12 @@ class FireTimes:
         """The latest fire time in ``(after, now]``: the one to fire; None if none is due."""
         raise NotImplementedError
 
-    def due(self, after: datetime, now: datetime) -> tuple[datetime | None, datetime | None]:
+    def due(
+        self, after: datetime, now: datetime, first: datetime | None = None
+    ) -> tuple[datetime | None, datetime | None]:
         """``(fire_at, next_at)``: :meth:`latest_due`, and the first fire time after it (after
-        ``after`` when nothing is due)."""
+        ``after`` when nothing is due). ``first``, when known, is the first fire time after
+        ``after`` (the store keeps it), which spares computing it."""
         fire_at = self.latest_due(after, now)
         return fire_at, self.next_after(fire_at or after)
 
@@ -117,12 +120,17 @@ class ZonedCron(FireTimes):
     def latest_due(self, after: datetime, now: datetime) -> datetime | None:
         return self.due(after, now)[0]
 
-    def due(self, after: datetime, now: datetime) -> tuple[datetime | None, datetime | None]:
-        # thousands of schedules share an expression, a last fire time and beat's ``now``
-        return _due(self, utc(after), utc(now))
+    def due(
+        self, after: datetime, now: datetime, first: datetime | None = None
+    ) -> tuple[datetime | None, datetime | None]:
+        if first is None or first <= utc(after):
+            first = self.next_after(after)
+        # thousands of schedules share an expression, their next time and beat's ``now``
+        return _due_from(self, first, utc(now))
 
-    def _due(self, after: datetime, now: datetime) -> tuple[datetime | None, datetime | None]:
-        first = self.next_after(after)
+    def _due_from(
+        self, first: datetime | None, now: datetime
+    ) -> tuple[datetime | None, datetime | None]:
         if first is None or first > now:
             return None, first
         following = self.next_after(first)
@@ -147,10 +155,10 @@ class ZonedCron(FireTimes):
 
 
 @lru_cache(maxsize=4096)
-def _due(
-    cron: ZonedCron, after: datetime, now: datetime
+def _due_from(
+    cron: ZonedCron, first: datetime | None, now: datetime
 ) -> tuple[datetime | None, datetime | None]:
-    return cron._due(after, now)
+    return cron._due_from(first, now)
 
 
 @lru_cache(maxsize=4096)

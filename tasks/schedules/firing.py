@@ -120,8 +120,9 @@ class Firing:
 
 @dataclass(frozen=True, slots=True)
 class Fired:
-    """What :func:`fire_due` did: jobs fired (or found already there), firings left to the
-    next tick because enqueueing failed."""
+    """What :func:`fire_due` did: times fired (a job stored or found already there, or the
+    time skipped because the options no longer validate), and firings left to the next tick
+    because enqueueing failed."""
 
     fired: int = 0
     failed: int = 0
@@ -130,7 +131,7 @@ class Fired:
 def plan(entry: Entry, now: datetime) -> Firing:
     """The firing of ``entry`` at ``now``: its latest due time (the latest missed one after
     downtime, only once), and the time after it."""
-    fire_at, next_at = entry.times().due(entry.last_run_at, now)
+    fire_at, next_at = entry.times().due(entry.last_run_at, now, first=entry.next_at)
     return Firing(entry, fire_at, next_at)
 
 
@@ -225,6 +226,9 @@ def publish_all(
                 exc,
                 extra={"job_id": job_id, "room_id": room_id},
             )
+            return False
+        except Exception:  # one message's surprise must not stop the others
+            logger.exception("job %s stored, its message not published", job_id)
             return False
         return True
 
