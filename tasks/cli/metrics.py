@@ -23,7 +23,7 @@ name                                       type      what
 ``recorder_rate_limit_cooldown_seconds``   gauge     what is left of a 429's shared cool-down
 ``recorder_rate_limit_factor``             gauge     the effective rate / the configured rate
 ``recorder_jobs{status}``                  gauge     job records by status (``expired`` too)
-``recorder_recordings{status}``            gauge     recordings that reached each status
+``recorder_recordings_total{status}``      counter   recordings that reached each status
                                                      (webhooks); it only grows: use delta()
 ``recorder_jobs_due``                      gauge     jobs waiting for a time (scheduled, deferred)
 ``recorder_queue_depth``                   gauge     messages waiting on the Celery queue
@@ -103,14 +103,14 @@ class RecorderCollector(Collector):
         yield from api_families(snap)
         yield from limiter_families()
         yield _labelled_gauge("recorder_jobs", "Job records by status.", "status", store.counts())
-        counts = getattr(store, "recording_counts", None)  # webhooks' recording statuses
-        if counts is not None:
-            yield _labelled_gauge(
-                "recorder_recordings",
-                "Recordings that reached each status, from webhooks (only grows).",
-                "status",
-                counts(),
-            )
+        recordings = CounterMetricFamily(
+            "recorder_recordings",
+            "Recordings that reached each status, from webhooks and reconciliation.",
+            labels=["status"],
+        )
+        for status, n in store.recording_counts().items():
+            recordings.add_metric([status], n)
+        yield recordings
         yield _gauge("recorder_jobs_due", "Jobs waiting for a time.", store.due_count())
         yield _gauge("recorder_queue_depth", "Messages waiting on the Celery queue.", queue_depth())
         waiting = ops.oldest_wait()
