@@ -43,7 +43,6 @@ through redbeat's own entry API.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -54,9 +53,7 @@ from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, get_redi
 from redis.exceptions import LockNotOwnedError
 
 from tasks import runtime
-from tasks.api import producer
 from tasks.delivery.dispatcher import Dispatcher
-from tasks.delivery.producer import Producer
 from tasks.schedules import api as schedules_api
 from tasks.schedules.firing import Enqueue, fire_due, publish_all
 from tasks.schedules.store import Schedule
@@ -183,8 +180,6 @@ class RecorderScheduler(RedBeatScheduler):
 
 
 def _storing_only(publish_later: Callable[[str, str], None]) -> Enqueue:
-    """The public API's enqueue (``tasks.api.producer``, its settings included), handing each
+    """The public API's enqueue (``runtime.producer``, its settings included), handing each
     new job's message to ``publish_later`` instead of publishing it."""
-    storing: Producer = copy.copy(producer())
-    storing.publish = publish_later
-    return storing.enqueue
+    return runtime.producer(publish_later).enqueue
