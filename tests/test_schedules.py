@@ -16,7 +16,7 @@ from redbeat.schedulers import RedBeatConfig, RedBeatSchedulerEntry
 import tasks
 from tasks.api import producer
 from tasks.errors import BrokerUnavailable, ConfigurationError, ValidationError
-from tasks.job import Job, utc_iso
+from tasks.job import Job, Status, utc_iso
 from tasks.schedules.api import store
 from tasks.schedules.cron import Every, parse_cron
 from tasks.schedules.firing import Fired, fire, fire_due, fire_key, plan, publish_all, validated
@@ -522,3 +522,49 @@ def test_beat_settings_come_from_the_environment_with_a_known_takeover_bound() -
         "db": 2,
         "password": "pw",
     }
+
+
+def test_a_schedules_stop_and_notify_task_go_with_each_firing(
+    recorder_env: dict[str, str], rdb: redis.Redis
+) -> None:
+    added = tasks.add_schedule(
+        "class", "room-1", every_s=10, max_duration_s=2700, notify_task="myapp.on_recording"
+    )
+    assert added.options == {"max_duration_s": 2700, "notify_task": "myapp.on_recording"}
+    [entry] = store().entries(["class"])
+    assert fire_due(store(), now=entry.last_run_at + timedelta(seconds=10), enqueue=enqueue)
+    [job] = jobs_of("class")
+    assert (job.max_duration_s, job.notify_task) == (2700, "myapp.on_recording")
+    for bad in ({"max_duration_s": 0}, {"notify_task": "not a task"}):
+        with pytest.raises(ValidationError) as caught:
+            tasks.add_schedule("class", "room-1", every_s=10, **bad)  # type: ignore[arg-type]
+        assert caught.value.field == next(iter(bad))
+
+
+def test_a_slot_missed_while_no_beat_ran_is_fired_only_while_its_window_is_open(
+    recorder_env: dict[str, str], rdb: redis.Redis
+) -> None:
+    # Given two schedules added 3.5 minutes ago (their latest slot 30 s ago), and no beat
+    three_min_ago = ScheduleStore(
+        client=rdb, prefix=store().prefix, clock=lambda: time.time() - 210
+    )
+    for name, window_s in (("open", 600), ("closed", 10)):
+        three_min_ago.put(
+            validated(name, f"room-{name}", every_s=60, start_window_s=window_s, options={})
+        )
+    [opened, closed] = store().entries(["open", "closed"])
+    # When beat comes back now
+    fire_due(store(), now=datetime.now(UTC), enqueue=enqueue)
+    # Then the slot whose 10-minute window is open is a normal job, fired once...
+    [late] = jobs_of("open")
+    slot = opened.last_run_at + timedelta(seconds=180)  # the latest missed slot
+    assert late.status is Status.QUEUED and late.idempotency_key == fire_key("open", slot)
+    # ...and the one whose 10 s window closed leaves one expired job, never a call
+    [missed] = jobs_of("closed")
+    assert missed.status is Status.EXPIRED and missed.attempts == 0
+    assert missed.idempotency_key == fire_key("closed", closed.last_run_at + timedelta(seconds=180))
+    assert missed.error is not None and "fired by its schedule" in missed.error["message"]
+    assert rdb.zscore(f"{store().prefix}:due", missed.id) is None
+    # a second beat firing the same state again gets the same two jobs
+    fire_due(store(), now=datetime.now(UTC), enqueue=enqueue)
+    assert len(jobs_of("open")) == 1 and len(jobs_of("closed")) == 1

@@ -56,6 +56,26 @@ def add_recording_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the job beyond the API's body: its stop and its notifications."""
+    parser.add_argument(
+        "--max-duration",
+        type=duration,
+        metavar="DURATION",
+        help="stop the recording this long after it started (45m, 2h, seconds)",
+    )
+    parser.add_argument(
+        "--notify-task", metavar="TASK", help="a Celery task sent the job on every change"
+    )
+
+
+def job_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for ``enqueue_recording`` (or ``add_schedule``) from
+    :func:`add_job_options`; options not given are left out."""
+    given = {"max_duration_s": args.max_duration, "notify_task": args.notify_task}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def recording_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``enqueue_recording`` from :func:`add_recording_options`."""
     return {

@@ -97,15 +97,7 @@ def configure_enqueue(p: argparse.ArgumentParser) -> None:
     add_recording_options(p)
     p.add_argument("--idempotency-key", metavar="K")
     p.add_argument("--at", metavar="ISO8601", help="hold the job as scheduled until then")
-    p.add_argument(
-        "--max-duration",
-        type=fmt.duration,
-        metavar="DURATION",
-        help="stop the recording this long after it started (45m, 2h, seconds)",
-    )
-    p.add_argument(
-        "--notify-task", metavar="TASK", help="a Celery task sent the job on every change"
-    )
+    fmt.add_job_options(p)
     _add_wait_options(p)
     p.set_defaults(run=_enqueue)
 
@@ -129,8 +121,7 @@ def _enqueue(args: argparse.Namespace) -> int:
         **recording_options(args),
         idempotency_key=args.idempotency_key,
         run_at=run_at,
-        max_duration_s=args.max_duration,
-        notify_task=args.notify_task,
+        **fmt.job_options(args),
     )
     return _answer(job, args)
 

@@ -38,6 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     add.add_argument("--tz", metavar="TZ", help="with --cron: IANA time zone (default UTC)")
     add_recording_options(add)
+    fmt.add_job_options(add)
     add.add_argument("--disabled", action="store_true", help="store it without firing it")
     add.add_argument("--json", action="store_true", help="print the schedule as JSON")
     add.set_defaults(run=run_add)
@@ -68,6 +69,7 @@ def run_add(args: argparse.Namespace) -> int:
         timezone=args.tz or "UTC",
         enabled=not args.disabled,
         **recording_options(args),
+        **fmt.job_options(args),
     )
     if args.json:
         print(fmt.to_json(schedule.to_dict()))

@@ -75,7 +75,7 @@ class Producer:
             options["webhook_url"] = self.webhook_url
         request = RecordingRequest.build(room_id, **options)
         _check_key(idempotency_key)
-        stop_after_s = _check_max_duration(max_duration_s)
+        stop_after_s = check_max_duration(max_duration_s)
         check_notify_task(notify_task)
         window_s = check_start_window(start_window_s) or self.start_window_s
         now_s = self.store.clock()
@@ -213,7 +213,8 @@ def _check_key(key: str | None) -> None:
         raise ValidationError("idempotency_key", UNENCODABLE)
 
 
-def _check_max_duration(value: object) -> float | None:
+def check_max_duration(value: object) -> float | None:
+    """``max_duration_s`` as seconds (None stays None); raises ValidationError naming it."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400 * 7:

@@ -26,14 +26,16 @@ def add_schedule(
     timezone: str = "UTC",
     enabled: bool = True,
     start_window_s: float | None = None,
+    max_duration_s: float | None = None,
+    notify_task: str | None = None,
     **recording_options: Any,
 ) -> Schedule:
     """Store a recurring schedule (replacing one of that name) and return it.
 
     Exactly one of ``cron`` (five fields, evaluated in ``timezone``) and ``every_s``. Each
     firing's job gets ``start_window_s`` (None: ``RECORDER_START_WINDOW``) from its scheduled
-    time. Raises ValidationError naming the bad field (nothing stored), BrokerUnavailable when
-    Redis fails.
+    time, ``max_duration_s`` (its stop, once it started) and ``notify_task``. Raises
+    ValidationError naming the bad field (nothing stored), BrokerUnavailable when Redis fails.
     """
     schedule = validated(
         name,
@@ -43,6 +45,8 @@ def add_schedule(
         timezone=timezone,
         enabled=enabled,
         start_window_s=start_window_s,
+        max_duration_s=max_duration_s,
+        notify_task=notify_task,
         options=recording_options,
     )
     try:

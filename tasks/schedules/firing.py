@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from tasks.delivery.producer import check_max_duration
 from tasks.errors import BrokerUnavailable, ValidationError
 from tasks.job import Job, utc_iso
+from tasks.notify import check_notify_task
 from tasks.request import RecordingRequest
 from tasks.schedules.cron import parse_cron, parse_every, zone
 from tasks.schedules.store import Entry, Mark, Schedule, ScheduleStore
@@ -60,12 +62,14 @@ def validated(
     timezone: object = "UTC",
     enabled: object = True,
     start_window_s: object = None,
+    max_duration_s: object = None,
+    notify_task: object = None,
     options: Mapping[str, Any],
 ) -> Schedule:
     """A checked :class:`Schedule` (``next_run_at`` not yet known); raises ValidationError.
 
     Its ``options`` are what every firing passes to ``enqueue_recording``: the recording
-    options given, and ``start_window_s`` when given.
+    options given, and ``start_window_s``, ``max_duration_s`` and ``notify_task`` when given.
     """
     if not isinstance(name, str) or not NAME.match(name):
         raise ValidationError(
@@ -90,6 +94,11 @@ def validated(
     window_s = check_start_window(start_window_s)
     if window_s is not None:
         given["start_window_s"] = int(window_s) if window_s.is_integer() else window_s
+    stop_after_s = check_max_duration(max_duration_s)
+    if stop_after_s is not None:
+        given["max_duration_s"] = int(stop_after_s) if stop_after_s.is_integer() else stop_after_s
+    if check_notify_task(notify_task) is not None:
+        given["notify_task"] = notify_task
     if isinstance(every_s, float) and every_s.is_integer():
         every_s = int(every_s)
     return Schedule(

@@ -11,10 +11,14 @@ from collections.abc import Callable
 from datetime import datetime
 
 import pytest
+import redis
 
 import tasks
 from tasks.job import Job, Status
 from tasks.sandbox.server import SandboxServer
+from tasks.schedules.api import store
+from tasks.schedules.firing import validated
+from tasks.schedules.store import ScheduleStore
 from tasks.window import WAITS_S
 from tests.conftest import WorkerProcess, finished, wait_for
 
@@ -102,3 +106,29 @@ def test_jobs_reaching_a_worker_after_their_window_expire_with_zero_calls(
         tasks.list_jobs(status="expired", limit=50)
         and len(tasks.list_jobs(status="expired", limit=50)) == 10
     )
+
+
+def test_beat_fires_a_missed_slot_only_while_its_window_is_open(
+    start_worker: StartWorker,
+    start_beat: Callable[..., object],
+    sandbox: SandboxServer,
+    rdb: redis.Redis,
+) -> None:
+    # Given two schedules whose latest slot passed 30 s ago while no beat ran
+    backdated = ScheduleStore(client=rdb, prefix=store().prefix, clock=lambda: time.time() - 210)
+    for name, window_s in (("class-open", 600), ("class-closed", 10)):
+        backdated.put(validated(name, name, every_s=60, start_window_s=window_s, options={}))
+    # When beat and a worker come back
+    start_worker()
+    start_beat()
+
+    def slot_jobs() -> list[Job] | None:
+        jobs = [j for j in tasks.list_jobs(limit=50) if j.schedule]
+        return jobs if len(jobs) == 2 and all(j.finished for j in jobs) else None
+
+    jobs = {j.schedule: j for j in wait_for(slot_jobs, timeout_s=30)}
+    # Then the open window's slot is recorded once, the closed one's is expired with no call
+    assert jobs["class-open"].status is Status.SUCCEEDED
+    assert jobs["class-closed"].status is Status.EXPIRED
+    assert "fired by its schedule" in jobs["class-closed"].error["message"]  # type: ignore[index]
+    assert [c["room_id"] for c in sandbox.calls()] == ["class-open"]
