@@ -42,6 +42,8 @@ class IdempotencyConflict(ValidationError):
     Nothing is stored; ``job_id`` is the job the key names (as Stripe answers a reused key).
     """
 
+    error_type = "idempotency_conflict"
+
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(

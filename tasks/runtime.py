@@ -147,6 +147,7 @@ def runner(send: SendTask | None = None) -> Runner:
             lease_s=s.lease_s,
             reconcile_after_s=s.reconcile_after_s,
             notify=notifier(send),
+            webhook_url=s.webhook_url,
         )
 
     return _once("runner", build)

@@ -63,7 +63,7 @@ def check_start_window(value: object) -> float | None:
     ):
         raise ValidationError("start_window_s", "must be a positive number of seconds")
     if value > START_WINDOW_MAX_S:
-        raise ValidationError("start_window_s", f"must be at most {START_WINDOW_MAX_S:g}s")
+        raise ValidationError("start_window_s", f"must be at most {START_WINDOW_MAX_S:.0f}s")
     return float(value)
 
 

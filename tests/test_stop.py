@@ -1,4 +1,4 @@
-"""Stop jobs, max_duration_s, idempotency conflicts and notifications: real Runner, Redis, sandbox."""
+"""Stop jobs, max_duration_s, idempotency conflicts, notifications: real Runner, Redis, sandbox."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from tasks.errors import IdempotencyConflict, ValidationError
 from tasks.job import Job, Kind, Status
 from tasks.sandbox.server import SandboxServer
 from tasks.store.jobs import JobStore
+from tests.conftest import wait_for
 from tests.test_runner import MakeRunner, job, make_runner, store
 
 __all__ = ["make_runner", "store"]  # fixtures shared with test_runner
@@ -116,3 +117,33 @@ def test_the_notify_task_is_told_of_every_status_change(
     assert [j.status.value for j in told] == ["running", "retrying", "running", "succeeded"]
     with pytest.raises(ValidationError, match="notify_task"):
         producer.enqueue("room-2", notify_task="not a task name")
+
+
+def test_a_stop_after_the_recording_ended_by_itself_succeeds_not_fails(
+    make_runner: MakeRunner, producer: Producer, sandbox: SandboxServer, store: JobStore
+) -> None:
+    # Given a recording the webhooks said stopped (the host ended the meeting) before its
+    # max_duration_s stop came due
+    runner = make_runner()
+    assert runner.run(producer.enqueue("room-1").id).word == "succeeded"
+    sandbox.end_session("room-1")
+    store.apply_event("room-1", "recording-started", session_id="s1")
+    store.apply_event("room-1", "recording-stopped", session_id="s1", file_url="https://f/1.mp4")
+    # When the stop is refused "Recording not started for this room"
+    stop = producer.stop("room-1")
+    assert runner.run(stop.id).word == "succeeded"
+    # Then it is done, not a false failure; without that knowledge it would be not_recording
+    assert job(store, stop.id).http_status == 400
+    other = producer.stop("room-never")
+    assert runner.run(other.id).word == "failed"
+
+
+def test_the_worker_adds_its_webhook_url_to_a_start_stored_without_one(
+    make_runner: MakeRunner, producer: Producer, sandbox: SandboxServer, store: JobStore
+) -> None:
+    hook = "http://127.0.0.1:9/webhooks/videosdk"  # nobody listens: the sandbox logs the try
+    start = producer.enqueue("room-hooked")
+    assert "webhookUrl" not in start.request
+    assert make_runner(webhook_url=hook).run(start.id).word == "succeeded"
+    sent = wait_for(lambda: [w for w in sandbox.webhooks() if w["url"] == hook], timeout_s=10)
+    assert {w["meetingId"] for w in sent} == {"room-hooked"}

@@ -62,7 +62,7 @@ def stats() -> dict[str, Any]:
     """Jobs per status, the success rate, due jobs, queue depth, the limiter and API figures."""
     store = runtime.store()
     jobs = store.counts()
-    finished = jobs["succeeded"] + jobs["failed"]
+    finished = jobs["succeeded"] + jobs["failed"] + jobs["expired"]  # an expired job: a missed one
     return {
         "jobs": jobs,
         "success_rate": round(jobs["succeeded"] / finished, 4) if finished else None,

@@ -102,7 +102,7 @@ class Producer:
                 fields={
                     **window,
                     "kind": Kind.START.value,
-                    "max_duration_s": stop_after_s,
+                    "max_duration_s": _whole(stop_after_s),
                     "notify_task": notify_task,
                 },
                 expired=expired,
@@ -211,6 +211,10 @@ def _check_key(key: str | None) -> None:
         )
     if not is_utf8(key):
         raise ValidationError("idempotency_key", UNENCODABLE)
+
+
+def _whole(value: float | None) -> float | int | None:
+    return int(value) if value is not None and value.is_integer() else value
 
 
 def check_max_duration(value: object) -> float | None:

@@ -107,7 +107,7 @@ class Reconciler:
         job = self.store.get(job_id)
         if job is None:
             return 0
-        start = job if job.kind is Kind.START else self._start_of(job)
+        start = job if job.kind is Kind.START else self.store.latest_start(job.room_id)
         status = ((start.recording if start else None) or {}).get("status")
         if status is not None and (job.kind is Kind.START or status in FINAL):
             return 0  # the webhooks came
@@ -149,12 +149,6 @@ class Reconciler:
             extra={"job_id": job.id, "room_id": job.room_id, "outcome": "reconciled"},
         )
         return 1
-
-    def _start_of(self, stop: Job) -> Job | None:
-        for job in self.store.list(room_id=stop.room_id, limit=20):
-            if job.kind is Kind.START and job.attempts > 0:
-                return job
-        return None
 
     def _again_later(self, job: Job) -> None:
         finished = job.finished_at or job.updated_at

@@ -24,6 +24,7 @@ import random
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
@@ -49,7 +50,7 @@ from tasks.errors import (
     WindowClosed,
     WindowRefusal,
 )
-from tasks.job import Job, Status
+from tasks.job import Job, Kind, Status
 from tasks.store.jobs import JobStore
 from tasks.store.ratelimit import RedisRateLimiter
 from tasks.videosdk.client import ApiClient, ApiResponse
@@ -57,6 +58,9 @@ from tasks.videosdk.retry import backoff_s, is_retryable
 from tasks.videosdk.tokens import TokenMinter
 
 __all__ = ["Delivered", "Runner"]
+
+#: recording statuses after which a stop has nothing left to do
+ENDED = frozenset({"stopped", "failed"})
 
 
 class Runner:
@@ -80,6 +84,7 @@ class Runner:
         lease_s: float,
         reconcile_after_s: float | None = None,
         notify: Callable[[Job], None] | None = None,
+        webhook_url: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -94,6 +99,8 @@ class Runner:
         self.lease_s = lease_s
         self.sleep = sleep
         self.rng = rng or random.Random()
+        #: ``webhookUrl`` of starts stored without one (``RECORDER_WEBHOOK_URL`` of the worker)
+        self.webhook_url = webhook_url
         self._host = socket.gethostname()
         self._claimer = Claimer(
             store=store,
@@ -171,13 +178,22 @@ class Runner:
             return self._wait_in_window(state, exc)
         except (AlreadyRecording, NotRecording) as exc:
             # a start refused as already recording, a stop as not recording: done, if an
-            # earlier attempt of this job may have done it
-            if state.maybe_started:
+            # earlier attempt of this job may have done it, or (a stop) the recording has
+            # ended already (the host ended the meeting before a max_duration_s stop)
+            if state.maybe_started or self._recording_ended(state.job, exc):
                 return self._outcomes.succeeded(state, exc.http_status, exc.response)
             return self._outcomes.failed(state, exc, None)
         except ApiError as exc:
             return self._outcomes.failed(state, exc, None)
         return self._outcomes.succeeded(state, response.http_status, response.body)
+
+    def _recording_ended(self, job: Job, exc: ApiError) -> bool:
+        """For a stop refused as not recording: whether the webhooks said the room's recording
+        had stopped or failed already (so there is nothing left to stop)."""
+        if not isinstance(exc, NotRecording):
+            return False
+        start = self.store.latest_start(job.room_id)
+        return start is not None and (start.recording or {}).get("status") in ENDED
 
     def _wait_in_window(self, state: DeliveryState, exc: WindowRefusal) -> str:
         """Defer the job until its next try inside the window, or fail a record without one."""
@@ -201,7 +217,7 @@ class Runner:
             self._begin_attempt(state)
         try:
             try:
-                response = self.client.call(state.job.kind, state.job.request)
+                response = self.client.call(state.job.kind, self._body(state.job))
             except ApiError:
                 raise
             except Exception as exc:  # not a verdict of the API: an attempt failed on our side
@@ -220,6 +236,13 @@ class Runner:
             raise
         log_call(state, response.http_status, response.latency_s, "ok")
         return response
+
+    def _body(self, job: Job) -> dict[str, Any]:
+        """The body to send: the stored request, with the worker's ``webhookUrl`` when a start
+        was stored without one (its producer had no ``RECORDER_WEBHOOK_URL``)."""
+        if job.kind is Kind.START and self.webhook_url and "webhookUrl" not in job.request:
+            return {**job.request, "webhookUrl": self.webhook_url}
+        return job.request
 
     def _begin_attempt(self, state: DeliveryState) -> None:
         """Take a rate slot, then mark the attempt ``running`` before calling (write-ahead).

@@ -131,5 +131,6 @@ def log_expired(job: Job) -> None:
             "attempt": job.attempts,
             "http_status": job.http_status,
             "outcome": "expired",
+            "error_type": "expired",
         },
     )

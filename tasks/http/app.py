@@ -56,6 +56,7 @@ ENQUEUE_FIELDS = frozenset(
     }
 )
 STOP_FIELDS = frozenset({"run_at", "idempotency_key", "notify_task"})
+QUERY_FIELDS = frozenset({"room_id", "status", "limit"})
 
 
 def require_token(authorization: str | None = Header(default=None)) -> None:
@@ -82,7 +83,8 @@ app.router.routes.append(
 @app.exception_handler(ValidationError)
 async def invalid(request: Request, exc: ValidationError) -> JSONResponse:
     status = 409 if isinstance(exc, IdempotencyConflict) else 422
-    detail = [{"loc": ["body", exc.field], "msg": str(exc), "type": exc.error_type}]
+    where = "query" if exc.field in QUERY_FIELDS and request.method == "GET" else "body"
+    detail = [{"loc": [where, exc.field], "msg": str(exc), "type": exc.error_type}]
     return JSONResponse({"detail": detail}, status_code=status)
 
 

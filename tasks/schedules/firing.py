@@ -41,8 +41,7 @@ RECORDING_OPTIONS = (
     "aws_dir_path",
 )
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$")
-#: schedules loaded, fired and recorded together; the caller's ``before_chunk`` runs between
-#: chunks (beat extends its lock there)
+#: schedules loaded, fired and recorded together
 FIRE_CHUNK = 200
 
 Enqueue = Callable[..., Job]
@@ -182,22 +181,27 @@ def fire_due(
     *,
     now: datetime,
     enqueue: Enqueue,
-    before_chunk: Callable[[], None] = lambda: None,
+    heartbeat: Callable[[], None] = lambda: None,
     chunk: int = FIRE_CHUNK,
 ) -> Fired:
     """Fire every schedule due at ``now``, ``chunk`` at a time, and record each firing.
 
     A firing whose job Redis refused is not recorded, so the next tick tries the same time
     again; one whose schedule was replaced or removed meanwhile leaves the new state alone.
+    ``heartbeat`` runs before each chunk is read and before each firing (beat keeps its lock
+    there, however slow the machine).
     """
     names = store.due_names(now)
     fired = failed = 0
     for start in range(0, len(names), chunk):
-        before_chunk()
+        heartbeat()
         some = names[start : start + chunk]
         entries = store.entries(some)
         firings = [plan(entry, now) for entry in entries]
-        done = [fire(firing, enqueue) for firing in firings]
+        done = []
+        for firing in firings:
+            heartbeat()
+            done.append(fire(firing, enqueue))
         marks = [f.mark() for f, ok in zip(firings, done, strict=True) if ok]
         for mark, applied in zip(marks, store.mark_fired_many(marks), strict=True):
             if not applied:
@@ -214,14 +218,14 @@ def publish_all(
     pending: Sequence[tuple[str, str]],
     publish: Callable[[str, str], None],
     *,
-    before_chunk: Callable[[], None] = lambda: None,
-    chunk: int = FIRE_CHUNK,
+    heartbeat: Callable[[], None] = lambda: None,
 ) -> int:
     """Publish the messages of jobs already stored, ``(job_id, room_id)`` each; how many failed.
 
     Beat stores every due job first and publishes their messages after (see
     ``worker.schedule``). A message that cannot be published is logged and left to the sweeper,
     as the producer leaves it: its job is stored ``queued``, so it is not lost, only later.
+    ``heartbeat`` runs before each message.
     """
 
     def one(item: tuple[str, str]) -> bool:
@@ -242,9 +246,9 @@ def publish_all(
         return True
 
     failed = 0
-    for start in range(0, len(pending), chunk):
-        before_chunk()
-        failed += [one(item) for item in pending[start : start + chunk]].count(False)
+    for item in pending:
+        heartbeat()
+        failed += not one(item)
     return failed
 
 

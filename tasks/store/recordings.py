@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.job import RECORDING_RANK, Job, utc_iso
+from tasks.job import RECORDING_RANK, Job, Kind, utc_iso
 from tasks.store.connections import own_client
 from tasks.store.keyspace import Keyspace
 from tasks.store.scripts import APPLY_EVENT_LUA, POP_RECONCILE_LUA
@@ -98,6 +98,16 @@ class Recordings(Keyspace):
             return EventApplied(word, orphan=json.loads(raw), previous=previous_status)
         job = Job.from_record(raw) if raw else None
         return EventApplied(word, job=job, previous=previous_status)
+
+    def latest_start(self, room_id: str) -> Job | None:
+        """The room's most recent start job that made a call (the one its events apply to)."""
+        found: list[bytes] = self.client.zrevrange(self.key("room", room_id), 0, 19)  # type: ignore[assignment]
+        ids = [i.decode() for i in found]
+        for raw in self.client.mget([self.key("job", i) for i in ids]) if ids else []:
+            job = Job.from_record(raw) if raw else None
+            if job is not None and job.kind is Kind.START and job.attempts > 0:
+                return job
+        return None
 
     def orphan_recording(self, room_id: str) -> dict[str, Any] | None:
         """The state of a room's recording events that matched no start job, if any."""

@@ -51,7 +51,9 @@ return ARGV[1]
 # none) and ARGV[11..] its field, increment pairs: the counters of the calls this change
 # reports. The counters are added whether or not the change applies: the calls were made.
 # Returns {1, record} when applied, else {0, reason, record or nil}.
-UPDATE_LUA = ENC_LUA + """
+UPDATE_LUA = (
+    ENC_LUA
+    + """
 if ARGV[10] ~= '' then
   for i = 11, #ARGV, 2 do redis.call('HINCRBY', ARGV[10], ARGV[i], ARGV[i + 1]) end
 end
@@ -91,6 +93,7 @@ if rec.status ~= old then
 end
 return {1, out}
 """
+)
 
 # KEYS[1] job, KEYS[2] lease, KEYS[3] held, KEYS[4..6] the rate limiter's (tat, cooldown, aimd)
 # ARGV[1] lease token, ARGV[2] lease ms, ARGV[3] now ms, ARGV[4] token of a holder known to be
@@ -178,7 +181,9 @@ return {'claimed', out, began}
 # Takes the due jobs: scheduled ones become queued; each stays in the due set, pushed back by
 # ARGV[3], until DISPATCHED_LUA confirms its message was published (so a crash between the two
 # re-dispatches it instead of losing it). Returns a flat list of id, room id pairs.
-POP_DUE_LUA = ENC_LUA + """
+POP_DUE_LUA = (
+    ENC_LUA
+    + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local out = {}
 for _, id in ipairs(ids) do
@@ -205,6 +210,7 @@ for _, id in ipairs(ids) do
 end
 return out
 """
+)
 
 # KEYS[1] due; ARGV: pairs of id, the score POP_DUE_LUA gave it. Removes each id whose score is
 # unchanged (a job deferred again meanwhile keeps its new time).
@@ -230,7 +236,9 @@ return 1
 # holding it), or quiet for ARGV[4] ms whatever the evidence. Each stranded job is put in the due
 # set for the dispatcher and marked ``_swept``, so it is not put there again before that time
 # has passed once more.
-SWEEP_LUA = ENC_LUA + """
+SWEEP_LUA = (
+    ENC_LUA
+    + """
 local now = tonumber(ARGV[2])
 local lost = tonumber(ARGV[5])
 local watermark = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -264,6 +272,7 @@ for i = 7, #ARGV do
 end
 return found
 """
+)
 
 # KEYS[1] the room's job index (``{prefix}:room:{room}``)
 # ARGV[1] prefix, ARGV[2] room id, ARGV[3] event type, ARGV[4] the recording status it means
@@ -280,7 +289,9 @@ return found
 # or failed, for those), nothing null, to keep each record small.
 # Returns {outcome, record or state JSON, previous recording status or ""}: outcome is applied,
 # unchanged, woken, noted (a session event with nothing to do), orphan or orphan_unchanged.
-APPLY_EVENT_LUA = ENC_LUA + """
+APPLY_EVENT_LUA = (
+    ENC_LUA
+    + """
 local RANK = {starting = 1, started = 2, stopping = 3, stopped = 4, failed = 4}
 local function merge(cur)
   local r = cur or {}
@@ -335,11 +346,13 @@ if not forward(rec.recording) then
 end
 local previous = type(rec.recording) == 'table' and rec.recording.status or ''
 rec.recording = merge(type(rec.recording) == 'table' and rec.recording or nil)
+rec.updated_at = ARGV[8]
 local out = enc(rec)
 redis.call('SET', ARGV[1] .. ':job:' .. id, out, 'KEEPTTL')
 redis.call('HINCRBY', ARGV[1] .. ':metrics', 'recordings:' .. ARGV[4], 1)
 return {'applied', out, previous}
 """
+)
 
 # KEYS[1] reconcile zset; ARGV[1] now ms, ARGV[2] most ids
 # Takes the due ids (each to one caller: they are removed as they are handed out).

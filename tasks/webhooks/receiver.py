@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from tasks.errors import InvalidWebhookBody, InvalidWebhookSignature, WebhookTooLarge
 from tasks.job import Job
@@ -33,6 +35,8 @@ logger = logging.getLogger(__name__)
 #: the largest body read; VideoSDK's events are well under a kilobyte.
 MAX_BODY_BYTES = 1024 * 1024
 SIGNATURE_HEADER = "videosdk-signature"
+#: refused webhooks are logged at most this often (with the count since), seconds
+REFUSAL_LOG_EVERY_S = 10.0
 
 
 class WebhookReceiver:
@@ -48,6 +52,9 @@ class WebhookReceiver:
         self.store = store
         self.keys = keys
         self.notify = notify
+        self._refusals = 0
+        self._refusal_logged_at = -REFUSAL_LOG_EVERY_S
+        self._lock = threading.Lock()
 
     def handle(self, raw_body: bytes, signature: str | None) -> EventApplied:
         """Verify and apply one webhook (module docstring); raises the errors listed there."""
@@ -65,12 +72,31 @@ class WebhookReceiver:
     def verify(self, raw_body: bytes, signature: str | None) -> None:
         """Raise InvalidWebhookSignature unless ``signature`` signs ``raw_body``."""
         if not signature or not signature.strip():
-            raise InvalidWebhookSignature(f"no {SIGNATURE_HEADER} header")
+            self._refused(f"no {SIGNATURE_HEADER} header")
         if signature_ok(self.keys.current(), raw_body, signature):
             return
         rotated = self.keys.refreshed()
         if rotated is None or not signature_ok(rotated, raw_body, signature):
-            raise InvalidWebhookSignature("the signature does not verify")
+            self._refused("the signature does not verify")
+
+    def _refused(self, reason: str) -> NoReturn:
+        """Raise InvalidWebhookSignature, logging it at WARNING at most every
+        :data:`REFUSAL_LOG_EVERY_S` with the count since (a flood of forgeries is one line)."""
+        now = time.monotonic()
+        with self._lock:
+            self._refusals += 1
+            due = now - self._refusal_logged_at >= REFUSAL_LOG_EVERY_S
+            if due:
+                count, self._refusals, self._refusal_logged_at = self._refusals, 0, now
+        if due:
+            logger.warning(
+                "webhook refused: %s (%d refused since the last such line; a forgery, or the "
+                "wrong VIDEOSDK_WEBHOOK_PUBLIC_KEY?)",
+                reason,
+                count,
+                extra={"outcome": "refused"},
+            )
+        raise InvalidWebhookSignature(reason)
 
     def apply(self, event: dict[str, Any]) -> EventApplied:
         """Apply a verified event; anything it cannot use is ``ignored``, never an error."""
