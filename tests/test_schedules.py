@@ -431,7 +431,7 @@ def test_a_name_left_in_the_due_set_without_a_schedule_is_dropped_not_fired(
     assert rdb.keys("*") == []
 
 
-def test_due_schedules_fire_in_chunks_with_the_callers_step_before_each(
+def test_due_schedules_fire_in_chunks_with_the_callers_heartbeat_before_each_step(
     recorder_env: dict[str, str], rdb: redis.Redis
 ) -> None:
     for i in range(7):
@@ -443,10 +443,11 @@ def test_due_schedules_fire_in_chunks_with_the_callers_step_before_each(
         now=later,
         enqueue=enqueue,
         chunk=3,
-        before_chunk=lambda: steps.append(len(tasks.list_jobs(limit=100))),
+        heartbeat=lambda: steps.append(len(tasks.list_jobs(limit=100))),
     )
     assert fired == Fired(fired=7)
-    assert steps == [0, 3, 6]  # beat extends its lock there, between chunks
+    # before each chunk is read and before each firing: beat keeps its lock there
+    assert steps == [0, 0, 1, 2, 3, 3, 4, 5, 6, 6]
     assert sorted(j.room_id for j in tasks.list_jobs(limit=100)) == [f"room-{i}" for i in range(7)]
 
 
@@ -460,8 +461,8 @@ def test_a_message_that_cannot_be_published_is_left_to_the_sweeper_and_the_rest_
 
     steps: list[int] = []
     pending = [(f"j{i}", f"room-{i}") for i in range(5)]
-    failed = publish_all(pending, publish, chunk=2, before_chunk=lambda: steps.append(1))
-    assert (failed, published, len(steps)) == (1, ["j0", "j2", "j3", "j4"], 3)
+    failed = publish_all(pending, publish, heartbeat=lambda: steps.append(1))
+    assert (failed, published, len(steps)) == (1, ["j0", "j2", "j3", "j4"], 5)
 
 
 def test_beat_moves_schedules_of_earlier_versions_out_of_redbeats_keys(

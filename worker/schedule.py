@@ -22,12 +22,12 @@ once, not every missed time, as Celery's beat does; the job's start window opens
 
 **High availability.** Any number of beats may run; redbeat's lock (``{r}:lock``) lets one fire.
 The active beat extends the lock to ``redbeat_lock_timeout`` (``RECORDER_BEAT_LOCK_TIMEOUT``,
-25 s) at every tick and, while a long tick fires thousands of schedules, before each chunk and
-at the tick's end once a quarter of the timeout has passed since the last extension; it ticks
-at least every ``beat_max_loop_interval`` (``RECORDER_BEAT_MAX_INTERVAL``, 5 s). A standby tries
-the lock every max interval, so when the active beat dies a standby fires within lock timeout +
-max interval (30 s by default) of the dead beat's last tick, and then fires each schedule's
-latest missed time. A beat that finds its lock gone (taken by another after a stall longer than
+25 s) at every tick and, while a long tick fires thousands of schedules, before each firing,
+each message and at the tick's end once a quarter of the timeout has passed since the last
+extension; it ticks at least every ``beat_max_loop_interval`` (``RECORDER_BEAT_MAX_INTERVAL``,
+5 s). A standby tries the lock every max interval, so when the active beat dies a standby fires
+within lock timeout + max interval (30 s by default) of the dead beat's last tick, and then
+fires each schedule's latest missed time. A beat that finds its lock gone (taken by another after a stall longer than
 the lock timeout) stops firing at once and becomes a standby, trying the lock at every tick;
 the idempotency keys make even the overlap harmless.
 
@@ -96,10 +96,10 @@ class RecorderScheduler(RedBeatScheduler):
                 schedules_api.store(),
                 now=datetime.now(UTC),
                 enqueue=_storing_only(lambda job_id, room: pending.append((job_id, room))),
-                before_chunk=self._keep_lock,
+                heartbeat=self._keep_lock,
             )
             stored = time.monotonic()
-            publish_all(pending, publish_job, before_chunk=self._keep_lock)
+            publish_all(pending, publish_job, heartbeat=self._keep_lock)
             self._keep_lock()  # the sleep that follows must not outlast the lock either
             if fired.fired > 1:
                 logger.info(
@@ -124,8 +124,9 @@ class RecorderScheduler(RedBeatScheduler):
 
     def _keep_lock(self) -> None:
         """Extend the lock once a quarter of its timeout has passed since the last extension:
-        during a long tick it never lapses (a chunk takes well under a second), and from the
-        end of a tick the lock outlasts the sleep to the next one (at most half the timeout)."""
+        during a long tick it never lapses (a firing or a message takes milliseconds), and from
+        the end of a tick the lock outlasts the sleep to the next one (at most half the
+        timeout)."""
         due = time.monotonic() - self._extended_at >= self.lock_timeout / 4
         if self.lock is not None and due:
             self.lock.extend(int(self.lock_timeout), replace_ttl=True)
