@@ -27,9 +27,9 @@ each message and at the tick's end once a quarter of the timeout has passed sinc
 extension; it ticks at least every ``beat_max_loop_interval`` (``RECORDER_BEAT_MAX_INTERVAL``,
 5 s). A standby tries the lock every max interval, so when the active beat dies a standby fires
 within lock timeout + max interval (30 s by default) of the dead beat's last tick, and then
-fires each schedule's latest missed time. A beat that finds its lock gone (taken by another after a stall longer than
-the lock timeout) stops firing at once and becomes a standby, trying the lock at every tick;
-the idempotency keys make even the overlap harmless.
+fires each schedule's latest missed time. A beat that finds its lock gone (taken by another
+after a stall longer than the lock timeout) stops firing at once and becomes a standby, trying
+the lock at every tick; the idempotency keys make even the overlap harmless.
 
 **One-off jobs.** Every beat, active or standby, also runs the same
 :class:`tasks.delivery.dispatcher.Dispatcher` as the workers, so ``run_at`` jobs and deferred
