@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.job import RECORDING_RANK, Job, Kind, utc_iso
+from tasks.job import RECORDING_RANK, Job, Kind, Status, utc_iso
 from tasks.store.connections import own_client
 from tasks.store.keyspace import Keyspace
 from tasks.store.scripts import APPLY_EVENT_LUA, POP_RECONCILE_LUA
@@ -25,6 +25,8 @@ RECORDING_EVENTS = {
     "recording-stopped": "stopped",
     "recording-failed": "failed",
 }
+#: start jobs whose recording the room's events are about, before any other
+LIVE_STARTS = frozenset({Status.SUCCEEDED, Status.RUNNING, Status.RETRYING})
 #: webhook types about the room's session: ``session-started`` wakes a job waiting for it.
 SESSION_EVENTS = frozenset({"session-started", "session-ended"})
 
@@ -100,14 +102,16 @@ class Recordings(Keyspace):
         return EventApplied(word, job=job, previous=previous_status)
 
     def latest_start(self, room_id: str) -> Job | None:
-        """The room's most recent start job that made a call (the one its events apply to)."""
+        """The room's start job its events apply to (as :data:`APPLY_EVENT_LUA` picks it): the
+        newest that succeeded or is running or retrying, else the newest that made a call."""
         found: list[bytes] = self.client.zrevrange(self.key("room", room_id), 0, 19)  # type: ignore[assignment]
         ids = [i.decode() for i in found]
-        for raw in self.client.mget([self.key("job", i) for i in ids]) if ids else []:
-            job = Job.from_record(raw) if raw else None
-            if job is not None and job.kind is Kind.START and job.attempts > 0:
-                return job
-        return None
+        raws = self.client.mget([self.key("job", i) for i in ids]) if ids else []
+        starts = [j for j in (Job.from_record(r) for r in raws if r) if j.kind is Kind.START]
+        live = [j for j in starts if j.status in LIVE_STARTS]
+        called = [j for j in starts if j.attempts > 0]
+        chosen = live or called
+        return chosen[0] if chosen else None
 
     def orphan_recording(self, room_id: str) -> dict[str, Any] | None:
         """The state of a room's recording events that matched no start job, if any."""

@@ -278,10 +278,12 @@ return found
 # ARGV[1] prefix, ARGV[2] room id, ARGV[3] event type, ARGV[4] the recording status it means
 # ("" for a session event), ARGV[5] session id, ARGV[6] file URL, ARGV[7] file path ("" = not
 # given), ARGV[8] now as ISO 8601, ARGV[9] now ms, ARGV[10] record TTL s
-# One webhook event, applied to the room's most recent start job: the newest of its last 20 jobs
-# that has made a call, else the newest. A recording status moves only forward (RECORDING_RANK):
-# an event ranking at or below the current status changes nothing, so duplicates and late
-# arrivals are harmless. Each move counts in the metrics hash (``recordings:{status}``).
+# One webhook event, applied to the room's most recent start job: of its last 20 jobs, the newest
+# start that succeeded or is running or retrying, else the newest that made a call (a refused
+# duplicate start is not the recording), else the newest. A recording status moves only
+# forward (RECORDING_RANK): an event ranking at or below the current status changes nothing, so
+# duplicates and late arrivals are harmless. Each move counts in the metrics hash
+# (``recordings:{status}``).
 # ``session-started`` makes a start job waiting for the room to go live (``retrying`` /
 # ``not_live``) due now. A recording event for a room with no start job is kept in
 # ``{prefix}:orphan:{room}`` (same merge, the record TTL), so a lookup still answers. The
@@ -310,13 +312,20 @@ local function forward(cur)
 end
 local ids = redis.call('ZREVRANGE', KEYS[1], 0, 19)
 local id, rec, raw
+local rank = 0
 for _, candidate in ipairs(ids) do
   local found = redis.call('GET', ARGV[1] .. ':job:' .. candidate)
   if found then
     local r = cjson.decode(found)
     if (r.kind or 'start') == 'start' then
-      if (r.attempts or 0) > 0 then id, rec, raw = candidate, r, found; break end
-      if not id then id, rec, raw = candidate, r, found end
+      -- newest first; better: one that made a call, best: one that started or may still
+      local better = 1
+      if (r.attempts or 0) > 0 then better = 2 end
+      if r.status == 'succeeded' or r.status == 'running' or r.status == 'retrying' then
+        better = 3
+      end
+      if better > rank then id, rec, raw, rank = candidate, r, found, better end
+      if rank == 3 then break end
     end
   end
 end

@@ -54,10 +54,24 @@ def run_demo(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 
 def outcome_rows(stdout: str) -> list[list[str]]:
-    """The rows of the demo's final table (room, status, attempts, http, error)."""
+    """The rows of the demo's outcomes table (room, status, attempts, http, error)."""
+    return _table(stdout, ["room", "status"])
+
+
+def recording_rows(stdout: str) -> list[list[str]]:
+    """The rows of the demo's recordings table (room, recording, file)."""
+    return _table(stdout, ["room", "recording"])
+
+
+def _table(stdout: str, header: list[str]) -> list[list[str]]:
     lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["room", "status"])
-    return [line.split() for line in lines[start + 1 :] if not line.startswith("demo:")]
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == header)
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("demo:") or (line.split()[:1] == ["room"] and "recording" in line):
+            break
+        rows.append(line.split())
+    return rows
 
 
 def assert_ran_and_cleaned_up(result: subprocess.CompletedProcess[str], jobs: int) -> None:
@@ -73,6 +87,11 @@ def assert_ran_and_cleaned_up(result: subprocess.CompletedProcess[str], jobs: in
     assert statuses["room-nobody-joins"] == "expired"
     assert next(row for row in rows if row[0] == "missing-room")[-1] == "room_not_found"
     assert f"{jobs}/{jobs} jobs finished" in result.stdout
+    # every started recording was stopped, and the webhooks brought its file URL
+    recordings = recording_rows(result.stdout)
+    succeeded = {row[0] for row in rows if row[1] == "succeeded"}
+    assert {row[0] for row in recordings} == succeeded
+    assert all(row[1] == "stopped" and row[2].startswith("https://") for row in recordings)
     assert f"{jobs}/{jobs} done" in result.stderr, "the progress bar reached the end"
     pids = started_pids(result.stdout)
     assert pids, "the demo reports the pids it started"

@@ -31,6 +31,13 @@ from typing import IO, Any
 
 from tasks.api import enqueue_recording, get_job
 from tasks.cli import format as fmt
+from tasks.cli.demo.recordings import (
+    ENDED,
+    RECORDING_S,
+    recordings_table,
+    start_receiver,
+    wait_for_recordings,
+)
 from tasks.cli.demo.stack import (
     DemoFailed,
     choose_redis,
@@ -243,8 +250,14 @@ def _run(args: argparse.Namespace, run_id: str, stack: contextlib.ExitStack) -> 
         "RECORDER_KEY_PREFIX": prefix,
         "RECORDER_QUEUE": prefix,
         "RECORDER_POOL": "threads",
+        "VIDEOSDK_WEBHOOK_PUBLIC_KEY": sandbox.public_key_pem,
     }
     stack.enter_context(environment(env))
+    # the receiver runs in this process (the environment above is its configuration)
+    hooks = start_receiver(stack)
+    env.update(RECORDER_WEBHOOK_URL=hooks)
+    stack.enter_context(environment({"RECORDER_WEBHOOK_URL": hooks}))
+    say(f"webhooks  {hooks} (the sandbox signs them; its key is pinned)")
     worker, log = start_worker(stack, env, concurrency=args.concurrency, run_id=run_id)
     say(f"worker    pid {worker.pid}, {args.concurrency} threads, rate limit {args.rate_limit}")
 
@@ -255,7 +268,10 @@ def _run(args: argparse.Namespace, run_id: str, stack: contextlib.ExitStack) -> 
             sandbox.go_live(room, after_s=LATE_HOST_S)
         elif room != ABSENT_ROOM:
             sandbox.go_live(room)  # the host is already in the room
-    ids = [enqueue_recording(room, **options).id for room, options in batch]
+    ids = [
+        enqueue_recording(room, **options, max_duration_s=RECORDING_S).id
+        for room, options in batch
+    ]
     say(f"enqueued  {len(ids)} jobs: {_describe(batch)}")
     jobs = wait_until_finished(ids, timeout_s=args.timeout, worker=worker, log=log)
     elapsed_s = time.monotonic() - started
@@ -263,5 +279,13 @@ def _run(args: argparse.Namespace, run_id: str, stack: contextlib.ExitStack) -> 
     say(summary(jobs, len(ids), elapsed_s, sandbox.calls()))
     if len(jobs) < len(ids) or not all(job.finished for job in jobs):
         print(f"recorder demo: not every job finished within {args.timeout:g}s", file=sys.stderr)
+        return 1
+    say(f"each started recording is stopped {RECORDING_S} s after its start (max_duration_s)")
+    recorded = wait_for_recordings(jobs, timeout_s=args.timeout)
+    print(recordings_table(recorded), flush=True)
+    ended = sum((j.recording or {}).get("status") in ENDED for j in recorded)
+    say(f"{ended}/{len(recorded)} recordings stopped, each with its file URL (from the webhooks)")
+    if ended < len(recorded):
+        print("recorder demo: not every recording reached stopped", file=sys.stderr)
         return 1
     return 0
