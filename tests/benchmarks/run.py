@@ -21,6 +21,9 @@ flushes them before, between and after runs; every process started is stopped, a
 The table goes to stdout, progress to stderr, the figures as JSON to ``--out``.
 
 Run: ``.venv/bin/python tests/benchmarks/run.py [--only drain,scale] [--scale 0.1]``
+
+``make bench`` then runs ``herd.py`` (``make herd``): N jobs due at one instant, on private
+Redis servers of its own.
 """
 
 from __future__ import annotations
