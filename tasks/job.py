@@ -22,6 +22,10 @@ class Kind(StrEnum):
 RECORDING_RANK = {"starting": 1, "started": 2, "stopping": 3, "stopped": 4, "failed": 4}
 
 
+#: ``RECORDER_START_WINDOW``'s default, seconds (``tasks.window``); a record whose window is
+#: this long does not store it
+DEFAULT_START_WINDOW_S = 600.0
+
 #: every field of a ``recording``: records store only those known (None is left out)
 RECORDING_FIELDS: dict[str, Any] = dict.fromkeys(
     (
@@ -38,8 +42,8 @@ RECORDING_FIELDS: dict[str, Any] = dict.fromkeys(
 
 
 def recording_view(stored: dict[str, Any]) -> dict[str, Any]:
-    """A stored recording with every field: unknown ones None, ``stopped_at``/``failed_at``
-    read from ``updated_at`` (the time of its last move), as the store keeps them."""
+    """A stored recording with every field: unknown ones None, ``updated_at`` the job's (set
+    with each move), ``stopped_at``/``failed_at`` read from it, as the store keeps them."""
     view = {**RECORDING_FIELDS, **stored}
     if view["status"] in ("stopped", "failed"):
         view[f"{view['status']}_at"] = view["updated_at"]
@@ -149,6 +153,8 @@ class Job:
         kwargs["kind"] = Kind(kwargs.get("kind") or Kind.START)
         if kwargs.get("start_deadline") is None and isinstance(extra.get("_deadline"), int):
             kwargs["start_deadline"] = utc_iso(extra["_deadline"] / 1000)
+            kwargs.setdefault("start_window_s", int(DEFAULT_START_WINDOW_S))
         if isinstance(kwargs.get("recording"), dict):
-            kwargs["recording"] = recording_view(kwargs["recording"])
+            stored = {"updated_at": kwargs.get("updated_at"), **kwargs["recording"]}
+            kwargs["recording"] = recording_view(stored)
         return cls(**kwargs, extra=extra)

@@ -19,8 +19,9 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from tasks.errors import ConfigurationError, ValidationError
+from tasks.job import DEFAULT_START_WINDOW_S
 from tasks.logs import redact_url_credentials
-from tasks.window import DEFAULT_START_WINDOW_S, NOT_LIVE_PATTERNS, check_start_window
+from tasks.window import NOT_LIVE_PATTERNS, check_start_window
 
 DEFAULT_API_BASE = "https://api.videosdk.live"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -27,7 +27,6 @@ from typing import Any
 from tasks.errors import ValidationError
 from tasks.job import Job
 
-DEFAULT_START_WINDOW_S = 600.0
 #: a window may be as long as a job record lives (``RECORDER_JOB_TTL``); this is the hard cap.
 START_WINDOW_MAX_S = 366 * 24 * 3600.0
 #: phrases of a "no live session" refusal (case-insensitive substrings; the contract's list).
@@ -47,6 +46,9 @@ WAITS_S = {
 }
 #: the claim that ends a job whose window closed comes this long after the deadline, seconds.
 CLOSE_MARGIN_S = 0.05
+#: no attempt begins this close to the deadline, seconds: minting the token and sending take
+#: a few ms on a busy CPU, and no call may reach the API after the window (CLAIM_LUA: 100 ms)
+SEND_MARGIN_S = 0.1
 #: refusals that are waited out inside the window (see the module docstring).
 WINDOW_REFUSALS = frozenset(WAITS_S)
 

@@ -375,3 +375,10 @@ def test_auto_concurrency_follows_the_rate_limit_and_the_api_latency() -> None:
     assert sized_concurrency(10_000, 2.0) == CONCURRENCY_MAX
     assert from_env(RECORDER_CONCURRENCY="auto").worker_concurrency is None
     assert from_env(RECORDER_CONCURRENCY="12").worker_concurrency == 12
+
+
+def test_a_worker_process_may_hold_a_connection_per_thread_of_its_largest_pool() -> None:
+    # each thread keeps its own connection: a pool sized to CONCURRENCY_MAX must not meet
+    # redis-py's MaxConnectionsError (its default limit is 100)
+    client = redis_client("redis://127.0.0.1:6379/0")
+    assert client.connection_pool.max_connections >= CONCURRENCY_MAX + 16

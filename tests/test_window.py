@@ -16,12 +16,13 @@ import redis
 from tasks.delivery.producer import Producer
 from tasks.delivery.state import attempts_used
 from tasks.errors import ConfigurationError, ValidationError
-from tasks.job import Status
+from tasks.job import DEFAULT_START_WINDOW_S, Status
 from tasks.sandbox.server import SandboxServer
 from tasks.settings import Settings
 from tasks.store.jobs import JobStore
+from tasks.store.scripts import CLAIM_LUA
 from tasks.window import (
-    DEFAULT_START_WINDOW_S,
+    SEND_MARGIN_S,
     WAITS_S,
     check_start_window,
     wait_s,
@@ -191,3 +192,7 @@ def test_a_job_reaching_a_worker_after_its_window_expires_with_zero_calls(
     assert starts(sandbox) == []
     # and it is finished: another delivery of its message leaves it alone
     assert make_runner().run(job_id).word == "skipped:finished"
+
+
+def test_the_claim_and_the_runner_keep_the_same_margin_before_the_deadline() -> None:
+    assert f"rec._deadline - {round(SEND_MARGIN_S * 1000)}" in CLAIM_LUA

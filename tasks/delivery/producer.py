@@ -21,11 +21,11 @@ import redis
 
 from tasks.delivery.dispatcher import Publish
 from tasks.errors import BrokerUnavailable, IdempotencyConflict, JobNotFound, ValidationError
-from tasks.job import CANCELLABLE, Job, Kind, Status, utc_iso
+from tasks.job import CANCELLABLE, DEFAULT_START_WINDOW_S, Job, Kind, Status, utc_iso
 from tasks.notify import check_notify_task
 from tasks.request import UNENCODABLE, RecordingRequest, is_utf8
 from tasks.store.jobs import JobStore
-from tasks.window import DEFAULT_START_WINDOW_S, check_start_window, too_late_message, window_fields
+from tasks.window import check_start_window, too_late_message, window_fields
 
 logger = logging.getLogger(__name__)
 

@@ -277,7 +277,7 @@ class Runner:
 
     def _check_window(self, state: DeliveryState) -> None:
         deadline = window.deadline_s(state.job)
-        if deadline is not None and self.store.clock() > deadline:
+        if deadline is not None and self.store.clock() > deadline - window.SEND_MARGIN_S:
             raise WindowClosed(state.job.id)
 
     # -- tenacity hooks -----------------------------------------------------------------------

@@ -73,6 +73,10 @@ def through_outage(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 _local = threading.local()
+#: connections one process may hold: each worker thread keeps one (``own_client``), and a
+#: worker's pool may have up to 256 threads (``tasks.settings.CONCURRENCY_MAX``) beside its
+#: dispatcher and reconciler; redis-py's default of 100 would refuse claims past 100 threads
+MAX_CONNECTIONS = 512
 
 
 def redis_client(url: str, *, sentinel_master: str | None = None) -> redis.Redis:
@@ -84,6 +88,7 @@ def redis_client(url: str, *, sentinel_master: str | None = None) -> redis.Redis
         # redis-py disconnects on a retryable error; with no retries it then raises it
         "retry": Retry(NoBackoff(), 0),
         "retry_on_error": list(RECONNECT_ON),
+        "max_connections": MAX_CONNECTIONS,
     }
     if url.startswith("sentinel://"):
         hosts, password, db = parse_sentinel_url(url)

@@ -135,7 +135,8 @@ if holder then
   if holder ~= ARGV[4] then return {'leased', raw, redis.call('PTTL', KEYS[2]), holder} end
   redis.call('DEL', KEYS[2])
 end
-if rec._deadline and tonumber(ARGV[3]) > rec._deadline then return {'window_closed', raw} end
+-- no attempt begins in the window's last 100 ms (tasks.window.SEND_MARGIN_S)
+if rec._deadline and tonumber(ARGV[3]) > rec._deadline - 100 then return {'window_closed', raw} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
 local published = rec._touched or rec._ts
@@ -287,8 +288,8 @@ return found
 # ``session-started`` makes a start job waiting for the room to go live (``retrying`` /
 # ``not_live``) due now. A recording event for a room with no start job is kept in
 # ``{prefix}:orphan:{room}`` (same merge, the record TTL), so a lookup still answers. The
-# recording stores ``started_at`` and ``updated_at`` (the time of its last move: when it stopped
-# or failed, for those), nothing null, to keep each record small.
+# recording stores ``started_at``; its ``updated_at`` (the time of its last move: when it stopped
+# or failed, for those) is the job's own, set with it; nothing null, to keep each record small.
 # Returns {outcome, record or state JSON, previous recording status or ""}: outcome is applied,
 # unchanged, woken, noted (a session event with nothing to do), orphan or orphan_unchanged.
 APPLY_EVENT_LUA = (
@@ -302,7 +303,6 @@ local function merge(cur)
   if ARGV[6] ~= '' then r.file_url = ARGV[6] end
   if ARGV[7] ~= '' then r.file_path = ARGV[7] end
   if ARGV[4] == 'started' then r.started_at = ARGV[8] end
-  r.updated_at = ARGV[8]
   return r
 end
 local function forward(cur)
@@ -346,7 +346,9 @@ if not rec then
   local old = redis.call('GET', key)
   local state = old and cjson.decode(old)
   if state and not forward(state) then return {'orphan_unchanged', old, state.status} end
-  local out = enc(merge(state))
+  local merged = merge(state)
+  merged.updated_at = ARGV[8]
+  local out = enc(merged)
   redis.call('SET', key, out, 'EX', ARGV[10])
   return {'orphan', out, state and state.status or ''}
 end

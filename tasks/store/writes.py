@@ -12,10 +12,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.job import Job, Status, utc_iso
+from tasks.job import DEFAULT_START_WINDOW_S, Job, Kind, Status, utc_iso
 from tasks.store.connections import own_client
 from tasks.store.reads import Reads
 from tasks.store.scripts import CREATE_LUA, UPDATE_LUA
+
+#: record fields not stored when they hold these values (``Job.from_dict`` reads them back)
+DEFAULTS: dict[str, object] = {
+    "kind": Kind.START.value,
+    "start_window_s": int(DEFAULT_START_WINDOW_S),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +89,9 @@ class Writes(Reads):
         }
         if expired is not None:
             record.update(finished_at=now_iso, error=expired)
-        # a missing field reads as None: storing no nulls keeps each record small
-        record = {k: v for k, v in record.items() if v is not None}
+        # a missing field reads as None (the kind as start, the window as the default one):
+        # storing no nulls and no defaults keeps each record small
+        record = {k: v for k, v in record.items() if v is not None and DEFAULTS.get(k) != v}
         if run_at_s is not None:
             record["_due"] = int(due_ms)
         stored_id = self._create(
@@ -138,6 +145,7 @@ class Writes(Reads):
         patch = {**patch, "updated_at": utc_iso(now), "_touched": int(now * 1000)}
         if "status" in patch and Status(patch["status"]).terminal:
             patch.setdefault("finished_at", patch["updated_at"])
+            patch["_touched"] = None  # only the sweeper reads it, and never of a finished job
         allowed = (
             "" if allowed_from is None else " " + " ".join(s.value for s in allowed_from) + " "
         )

@@ -59,7 +59,7 @@ if str(ROOT) not in sys.path:  # run as a script, sys.path[0] is this folder, no
 import redis  # noqa: E402
 import uvloop  # noqa: E402
 
-from tasks.request import RecordingRequest  # noqa: E402
+from tasks.delivery.producer import Producer  # noqa: E402
 from tasks.sandbox.signing import Signer  # noqa: E402
 from tasks.sandbox.webhooks import encode  # noqa: E402
 from tasks.store.jobs import JobStore  # noqa: E402
@@ -191,8 +191,9 @@ def events_of(room: str) -> list[dict[str, Any]]:
 
 def started_jobs(store: JobStore, rooms: list[str]) -> None:
     """A start job per room, recorded as a worker records a successful start."""
+    producer = Producer(store=store, publish=lambda job_id, room_id: None)
     for room in rooms:
-        job, _ = store.create(room_id=room, request=RecordingRequest.build(room).to_body())
+        job = producer.enqueue(room)  # as enqueue_recording stores it: window, kind and all
         patch = {
             "status": "succeeded",
             "http_status": 200,
