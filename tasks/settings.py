@@ -112,7 +112,8 @@ class Settings:
 
     @property
     def redbeat_key_prefix(self) -> str:
-        """Where celery-redbeat keeps our schedules (its ``redbeat_key_prefix`` setting)."""
+        """Where celery-redbeat keeps beat's lock (its ``redbeat_key_prefix`` setting); our
+        schedules live in our own keys (``tasks.schedules.store``)."""
         return f"{self.key_prefix}:redbeat:"
 
     def require_credentials(self) -> tuple[str, Secret]:

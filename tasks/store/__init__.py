@@ -30,10 +30,11 @@ key                             type    holds (written by)
 ``{p}:rl:tat``                  string  the GCRA theoretical arrival time, µs (``ratelimit``)
 ``{p}:rl:cooldown``             string  until when nobody may call after a Retry-After, µs
 ``{p}:rl:aimd``                 hash    ``factor`` and ``ts`` of the last rate decrease
-``{p}:redbeat:*``               (many)  celery-redbeat's keys (``redbeat_key_prefix``): schedule
-                                        entries, their zset, the beat lock. redbeat's scheduler
-                                        reads them; ``tasks.schedules.store`` writes the entries
-                                        in redbeat's own format (its docstring lists them)
+``{p}:schedules``               hash    recurring schedules by name, and ``{p}:schedules:last``
+                                        (hash) and ``{p}:schedules:due`` (zset) beside it: written
+                                        by ``tasks.schedules.store`` (its docstring lists them)
+``{p}:redbeat::lock``           string  beat's lock: celery-redbeat's key (``redbeat_key_prefix``),
+                                        written by redbeat alone
 ==============================  ======  =========================================================
 
 Outside the prefix, kombu keeps the broker's state under its own names (the queue list named
