@@ -658,3 +658,34 @@ def test_a_listed_entry_stands_for_the_events_it_implies() -> None:
     assert [k for k, _ in events_of({"status": "started", "file": None})] == ["recording-started"]
     assert [k for k, _ in events_of({"status": "FAILED"})] == ["recording-failed"]
     assert events_of({"sessionId": "s", "file": file})[1][1]["fileUrl"] == "https://f/x.mp4"
+
+
+def test_the_receiver_answers_503_when_redis_does_not_take_the_event(signer: Signer) -> None:
+    # Given a receiver whose store cannot reach Redis (nothing listens on the port)
+    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    receiver = WebhookReceiver(
+        store=JobStore(client=down, prefix="t"),
+        keys=PublicKeys(pinned_pem=signer.public_key_pem),
+    )
+    raw, signature = signed(
+        signer, {"webhookType": "recording-started", "data": {"meetingId": "r"}}
+    )
+    app = create_app(lambda: receiver.handle)
+    answers: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        answers.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": PATH, "query_string": b"",
+        "http_version": "1.1", "headers": [
+            (b"videosdk-signature", signature.encode()),
+            (b"content-length", str(len(raw)).encode()),
+        ],
+    }  # fmt: skip
+    # When it posts a verified event, then it is answered 503 (VideoSDK retries), not 500
+    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    assert answers[0]["status"] == 503

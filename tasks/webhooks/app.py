@@ -7,7 +7,8 @@ mounts :func:`webhook_endpoint` on its own app).
 Answers: 2xx ``{"outcome": ...}`` for every verified event (an unknown room or type too), 401 for
 a missing or bad signature, 400 for a verified body that is not a JSON object, 413 for a body
 over 1 MiB (refused from its ``Content-Length``, or as soon as more has arrived, never read
-whole), 503 when the public key cannot be fetched (VideoSDK then retries). Nothing is stored
+whole), 503 when the public key cannot be fetched or Redis does not take the event (VideoSDK
+then retries). Nothing is stored
 before the signature verifies. The Redis write runs in a worker thread, off the event loop.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import redis
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -64,6 +66,8 @@ def webhook_endpoint(handle: Callable[[], Handle]) -> Callable[[Request], object
             return JSONResponse({"error": str(exc)}, status_code=400)
         except WebhookKeyUnavailable as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
+        except (redis.RedisError, OSError):  # stored nothing: VideoSDK's retry will
+            return JSONResponse({"error": "Redis did not take the event"}, status_code=503)
         return JSONResponse({"outcome": applied.outcome})
 
     return receive
