@@ -26,6 +26,15 @@ from pydantic.alias_generators import to_camel
 from tasks.errors import ValidationError
 
 ROOM_ID_MAX_CHARS = 256
+#: the body's options by their Python names (``enqueue_recording``'s keyword arguments)
+RECORDING_OPTIONS = (
+    "template_url",
+    "transcription",
+    "summary",
+    "config",
+    "webhook_url",
+    "aws_dir_path",
+)
 
 LayoutType = Literal["GRID", "SPOTLIGHT", "SIDEBAR"]
 LayoutPriority = Literal["SPEAKER", "PIN"]

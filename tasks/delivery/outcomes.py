@@ -26,6 +26,18 @@ from tasks.window import expired_message
 STARTABLE = frozenset({Status.QUEUED, Status.RETRYING, Status.RUNNING})
 
 
+def _retrying_patch(state: DeliveryState, exc: ApiError) -> dict[str, Any]:
+    """The change of a job whose attempt ``exc`` ended, to be tried again."""
+    return {
+        "status": Status.RETRYING.value,
+        "in_flight": False,
+        "maybe_started": state.maybe_started,
+        "http_status": exc.http_status,
+        "response": exc.response,
+        "error": exc.to_record(),
+    }
+
+
 def _already_applied(job: Job | None, patch: dict[str, Any]) -> bool:
     """A retried write whose first try landed (its reply was lost) finds its own result."""
     return job is not None and "status" in patch and job.status.value == patch["status"]
@@ -58,15 +70,8 @@ class Outcomes:
 
     def retrying(self, state: DeliveryState, exc: ApiError, wait_s: float) -> None:
         """Record that the attempt failed with ``exc`` and the next one comes in ``wait_s``."""
-        patch = {
-            "status": Status.RETRYING.value,
-            "in_flight": False,
-            "maybe_started": state.maybe_started,
-            "http_status": exc.http_status,
-            "response": exc.response,
-            "error": exc.to_record(),
-            "next_attempt_at": utc_iso(self.store.clock() + wait_s),
-        }
+        patch = _retrying_patch(state, exc)
+        patch["next_attempt_at"] = utc_iso(self.store.clock() + wait_s)
         if wait_s > self.inline_wait_max_s:
             self.defer(state, wait_s, None, patch)
         else:
@@ -92,17 +97,9 @@ class Outcomes:
         The call is not counted against ``RECORDER_MAX_ATTEMPTS`` (``_base`` grows with it) and
         the job waits in the due set whatever ``wait_s`` is: never in a worker slot.
         """
-        refusals = int(state.job.extra.get("_refusals", 0)) + 1
-        patch = {
-            "status": Status.RETRYING.value,
-            "in_flight": False,
-            "maybe_started": state.maybe_started,
-            "http_status": exc.http_status,
-            "response": exc.response,
-            "error": exc.to_record(),
-            "_base": int(state.job.extra.get("_base", 0)) + 1,
-            "_refusals": refusals,
-        }
+        patch = _retrying_patch(state, exc)
+        patch["_base"] = int(state.job.extra.get("_base", 0)) + 1
+        patch["_refusals"] = int(state.job.extra.get("_refusals", 0)) + 1
         self.defer(state, wait_s, None, patch)
         logger.info(
             "job %s room=%s %s, tried again in %.1fs (window until %s)",

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from tasks import api
 from tasks.errors import BrokerUnavailable, IdempotencyConflict, JobNotFound, ValidationError
 from tasks.http.auth import bearer_token, token_ok
+from tasks.request import RECORDING_OPTIONS
 from tasks.runtime import config
 from tasks.webhooks.app import PATH as WEBHOOK_PATH
 from tasks.webhooks.app import read_limited, webhook_endpoint
@@ -40,22 +41,8 @@ from tasks.webhooks.app import read_limited, webhook_endpoint
 #: the largest request body of the /v1 routes (a job's options are well under a kilobyte)
 BODY_MAX_BYTES = 64 * 1024
 #: the options ``POST /v1/recordings`` takes, by their Python names (``enqueue_recording``'s)
-ENQUEUE_FIELDS = frozenset(
-    {
-        "template_url",
-        "transcription",
-        "summary",
-        "config",
-        "webhook_url",
-        "aws_dir_path",
-        "idempotency_key",
-        "run_at",
-        "start_window_s",
-        "max_duration_s",
-        "notify_task",
-    }
-)
 STOP_FIELDS = frozenset({"run_at", "idempotency_key", "notify_task"})
+ENQUEUE_FIELDS = frozenset(RECORDING_OPTIONS) | STOP_FIELDS | {"start_window_s", "max_duration_s"}
 QUERY_FIELDS = frozenset({"room_id", "status", "limit"})
 
 

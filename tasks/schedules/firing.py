@@ -25,21 +25,13 @@ from tasks.delivery.producer import check_max_duration
 from tasks.errors import BrokerUnavailable, ValidationError
 from tasks.job import Job, utc_iso
 from tasks.notify import check_notify_task
-from tasks.request import RecordingRequest
+from tasks.request import RECORDING_OPTIONS, RecordingRequest
 from tasks.schedules.cron import parse_cron, parse_every, zone
 from tasks.schedules.store import Entry, Mark, Schedule, ScheduleStore
 from tasks.window import check_start_window
 
 logger = logging.getLogger(__name__)
 
-RECORDING_OPTIONS = (
-    "template_url",
-    "transcription",
-    "summary",
-    "config",
-    "webhook_url",
-    "aws_dir_path",
-)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$")
 #: schedules loaded, fired and recorded together
 FIRE_CHUNK = 200
