@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/recorder demo
 
+# two processes, whole test files each (their own Redis dbs: tests/conftest.py): the
+# integration tests mostly wait on real processes, so two halve the wall time
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration and not slow"

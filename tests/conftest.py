@@ -29,6 +29,13 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
+#: ``make test`` runs the suite in two pytest-xdist processes (whole files each): each gets its
+#: own pair of dbs (jobs, CLI), set before any test module reads them
+XDIST_DBS = {"gw0": ("11", "13"), "gw1": ("9", "10"), "gw2": ("7", "8"), "gw3": ("5", "6")}
+if os.environ.get("PYTEST_XDIST_WORKER") in XDIST_DBS:
+    os.environ["RECORDER_TEST_DB"], os.environ["RECORDER_CLI_TEST_DB"] = XDIST_DBS[
+        os.environ["PYTEST_XDIST_WORKER"]
+    ]
 #: each concurrent test run (e.g. several developers on one machine) may pick its own db
 TEST_DB = int(os.environ.get("RECORDER_TEST_DB", "11"))
 API_KEY = "test-api-key"

@@ -269,8 +269,7 @@ def _run(args: argparse.Namespace, run_id: str, stack: contextlib.ExitStack) -> 
         elif room != ABSENT_ROOM:
             sandbox.go_live(room)  # the host is already in the room
     ids = [
-        enqueue_recording(room, **options, max_duration_s=RECORDING_S).id
-        for room, options in batch
+        enqueue_recording(room, **options, max_duration_s=RECORDING_S).id for room, options in batch
     ]
     say(f"enqueued  {len(ids)} jobs: {_describe(batch)}")
     jobs = wait_until_finished(ids, timeout_s=args.timeout, worker=worker, log=log)
