@@ -13,7 +13,7 @@ from typing import Any
 from tasks import runtime
 from tasks.delivery.producer import Producer
 from tasks.errors import ValidationError
-from tasks.job import Job, Kind, Status
+from tasks.job import Job, Status
 from tasks.request import UNENCODABLE, is_utf8
 from tasks.store.recordings import EventApplied
 from worker.publish import publish_job, send_notification
@@ -115,12 +115,14 @@ def handle_webhook(raw_body: bytes, signature: str | None) -> EventApplied:
 
 
 def get_recording(room_id: str) -> dict[str, Any] | None:
-    """What is known of the room's latest recording: its most recent start job's
-    ``recording``, else the state of webhooks that matched no job, else None."""
-    for job in runtime.store().list(room_id=room_id, limit=20):
-        if job.kind is Kind.START and job.recording is not None:
-            return job.recording
-    return runtime.store().orphan_recording(room_id)
+    """What is known of the room's latest recording: the ``recording`` of the start job its
+    events apply to (one that succeeded or is running, before a refused duplicate), else the
+    state of webhooks that matched no job, else None."""
+    store = runtime.store()
+    start = store.latest_start(room_id)
+    if start is not None and start.recording is not None:
+        return start.recording
+    return store.orphan_recording(room_id)
 
 
 def get_job(job_id: str) -> Job | None:

@@ -13,10 +13,11 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 
-from tasks.api import get_job
+from tasks.api import get_recording
 from tasks.cli import format as fmt
 from tasks.cli.demo.stack import DemoFailed
 from tasks.job import Job, Status
@@ -56,24 +57,23 @@ def start_receiver(stack: contextlib.ExitStack) -> str:
     return f"http://127.0.0.1:{port}/webhooks/videosdk"
 
 
-def wait_for_recordings(starts: Sequence[Job], *, timeout_s: float) -> list[Job]:
-    """The succeeded starts, once each one's recording has ended (or ``timeout_s`` passed)."""
-    wanted = [job.id for job in starts if job.status is Status.SUCCEEDED]
+def wait_for_recordings(
+    starts: Sequence[Job], *, timeout_s: float
+) -> list[tuple[str, dict[str, Any] | None]]:
+    """Each room a start succeeded for (a room started twice has one recording), with what is
+    known of its recording, once every one has ended (or ``timeout_s`` passed)."""
+    rooms = list(dict.fromkeys(job.room_id for job in starts if job.status is Status.SUCCEEDED))
     deadline = time.monotonic() + timeout_s
     while True:
-        jobs = [j for j in (get_job(i) for i in wanted) if j is not None]
-        ended = [j for j in jobs if (j.recording or {}).get("status") in ENDED]
-        if len(ended) == len(wanted) or time.monotonic() > deadline:
-            return jobs
+        known = [(room, get_recording(room)) for room in rooms]
+        if all((r or {}).get("status") in ENDED for _, r in known) or time.monotonic() > deadline:
+            return known
         time.sleep(POLL_S)
 
 
-def recordings_table(jobs: Sequence[Job]) -> str:
-    """Each recording's room, status and file URL."""
+def recordings_table(recordings: Sequence[tuple[str, dict[str, Any] | None]]) -> str:
+    """Each room's recording: its status and file URL."""
     return fmt.table(
         ("room", "recording", "file"),
-        (
-            (j.room_id, (j.recording or {}).get("status"), (j.recording or {}).get("file_url"))
-            for j in jobs
-        ),
+        ((room, (r or {}).get("status"), (r or {}).get("file_url")) for room, r in recordings),
     )

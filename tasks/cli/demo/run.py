@@ -282,7 +282,7 @@ def _run(args: argparse.Namespace, run_id: str, stack: contextlib.ExitStack) -> 
     say(f"each started recording is stopped {RECORDING_S} s after its start (max_duration_s)")
     recorded = wait_for_recordings(jobs, timeout_s=args.timeout)
     print(recordings_table(recorded), flush=True)
-    ended = sum((j.recording or {}).get("status") in ENDED for j in recorded)
+    ended = sum((r or {}).get("status") in ENDED for _, r in recorded)
     say(f"{ended}/{len(recorded)} recordings stopped, each with its file URL (from the webhooks)")
     if ended < len(recorded):
         print("recorder demo: not every recording reached stopped", file=sys.stderr)
