@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import pytest
 import redis
@@ -134,6 +134,20 @@ def reset_process() -> None:
     app.amqp._producer_pool = None
 
 
+def stop_process(
+    proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout_s: float = 15.0
+) -> int:
+    """Send ``sig`` to a child still running, wait ``timeout_s``, then kill it; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return int(proc.returncode)
+
+
 class CeleryProcess:
     """A real ``celery -A APP KIND`` subprocess (worker, beat, flower), output to a file."""
 
@@ -183,15 +197,9 @@ class CeleryProcess:
         return self.proc.wait(timeout_s)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        code = stop_process(self.proc, sig, timeout_s)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 class WorkerProcess(CeleryProcess):

@@ -31,7 +31,7 @@ from tasks.job import RECORDING_RANK, Job, Kind, Status
 from tasks.sandbox.server import SandboxServer
 from tasks.sandbox.signing import Signer
 from tasks.sandbox.webhooks import encode
-from tests.conftest import ROOT, WorkerProcess, free_port, reset_process, wait_for
+from tests.conftest import ROOT, WorkerProcess, free_port, reset_process, stop_process, wait_for
 from tests.integration.notify_app import RECEIVED_KEY
 from tests.integration.notify_app import TASK_NAME as NOTIFY_TASK
 
@@ -78,16 +78,10 @@ class WebhooksProcess:
         return until(listening, timeout_s=timeout_s, what="recorder webhooks listening")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        code = stop_process(self.proc, sig, timeout_s)
         self._out.close()
         self._err.close()
-        return self.proc.returncode
+        return code
 
 
 @pytest.fixture

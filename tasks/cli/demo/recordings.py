@@ -9,7 +9,6 @@ seconds later, and the sandbox's signed webhooks bring each one to ``stopped`` w
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -19,19 +18,13 @@ import uvicorn
 
 from tasks.api import get_recording
 from tasks.cli import format as fmt
-from tasks.cli.demo.stack import DemoFailed
+from tasks.cli.demo.stack import DemoFailed, free_port
 from tasks.job import Job, Status
 
 #: a started recording is stopped this long after its start (the start's ``max_duration_s``)
 RECORDING_S = 3
 POLL_S = 0.2
 ENDED = frozenset({"stopped", "failed"})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_receiver(stack: contextlib.ExitStack) -> str:

@@ -65,7 +65,7 @@ def _answers(url: str, timeout_s: float = 1.0) -> bool:
         client.close()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -75,7 +75,7 @@ def start_redis_server(stack: contextlib.ExitStack, binary: str) -> str:
     """A private redis-server on a free loopback port; stopped when ``stack`` closes."""
     workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="recorder-demo-redis-"))
     for _ in range(3):  # the port may be taken between finding it free and binding it
-        port = _free_port()
+        port = free_port()
         command = [
             binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--daemonize", "no", "--dir", workdir,
