@@ -224,7 +224,17 @@ def test_a_recording_starts_then_stops_with_its_file_told_by_signed_webhooks(
     stop = job_of(stop_id)
     assert stop.kind is Kind.STOP and stop.status is Status.SUCCEEDED
     assert [b["path"] for b in bodies] == ["/v2/recordings/start", "/v2/recordings/end"]
-    sent = sandbox.webhooks()
+
+    # (the sandbox logs a webhook once it has read the answer: after the receiver applied it)
+    def stopped_sent() -> list[dict[str, Any]] | None:
+        log = sandbox.webhooks()
+        return log if log and log[-1]["webhookType"] == "recording-stopped" else None
+
+    sent = wait_for(
+        stopped_sent,
+        timeout_s=5,
+        what="the sandbox's log of recording-stopped",
+    )
     assert {w["url"] for w in sent} == {url} and {w["status"] for w in sent} == {200}
     assert [w["webhookType"] for w in sent][-2:] == ["recording-stopping", "recording-stopped"]
     # And `recorder status` shows the recording's status and its file
@@ -402,8 +412,12 @@ def test_a_job_waiting_for_the_room_starts_within_two_seconds_of_session_started
     (started_t,) = calls(sandbox, "class-1", "/start")
     print(f"started {started_t - live_at:.3f} s after going live, poll {next_poll_in_s:.1f} s away")
     assert started_t - live_at <= 2.0, started_t - live_at
-    session = [w for w in sandbox.webhooks() if w["webhookType"] == "session-started"]
-    assert session and session[0]["url"] == url and session[0]["status"] == 200
+    session = wait_for(
+        lambda: [w for w in sandbox.webhooks() if w["webhookType"] == "session-started"],
+        timeout_s=5,
+        what="the sandbox's log of session-started",
+    )
+    assert session[0]["url"] == url and session[0]["status"] == 200
 
 
 def test_with_every_webhook_lost_reconciliation_fills_the_recording(
