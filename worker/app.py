@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from celery import Celery
 
-app = Celery("videosdk-recorder", events="worker.events:RecorderEvents")
+app = Celery(
+    "videosdk-recorder",
+    events="worker.events:RecorderEvents",
+    # kombu's Redis transport with one client object per channel, not one per operation
+    amqp="worker.transport:AMQP",
+)
 app.config_from_object("worker.config:CELERY_SETTINGS")
 app.steps["worker"].add("worker.bootsteps:DueJobDispatcher")
 app.steps["worker"].add("worker.bootsteps:Reconciliation")
