@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import redis
 
-from tasks.delivery.dispatcher import Dispatcher, Publish, QueueDepth
+from tasks.delivery.dispatcher import Dispatcher, OpenBatch, Publish, QueueDepth
 from tasks.delivery.producer import Producer
 from tasks.delivery.reconciler import Reconciler
 from tasks.delivery.runner import Runner
@@ -182,10 +182,13 @@ def measured_api_latency_s() -> float | None:
     return float(latency["p90"]) / 1000
 
 
-def new_dispatcher(publish: Publish, queue_depth: QueueDepth | None = None) -> Dispatcher:
+def new_dispatcher(
+    publish: Publish, queue_depth: QueueDepth | None = None, open_batch: OpenBatch | None = None
+) -> Dispatcher:
     """A due-job dispatcher and sweeper, as every worker and beat runs one (not yet started).
 
-    ``publish`` and ``queue_depth`` are Celery's (``worker.publish``). Whatever the evidence, a
+    ``publish``, ``queue_depth`` and ``open_batch`` are Celery's (``worker.publish``; a worker's
+    dispatcher publishes a batch at a time, on one producer). Whatever the evidence, a
     queued job counts as stranded once kombu's visibility timeout (plus a margin) has passed with
     nobody working on it; sooner when its message is evidently gone (see the dispatcher).
     """
@@ -195,4 +198,5 @@ def new_dispatcher(publish: Publish, queue_depth: QueueDepth | None = None) -> D
         sweep_interval_s=settings().sweep_interval_s,
         queued_quiet_s=VISIBILITY_TIMEOUT_S + 60,
         queue_depth=queue_depth,
+        open_batch=open_batch,
     )

@@ -9,7 +9,7 @@ from celery import bootsteps
 from tasks import runtime
 from tasks.delivery.dispatcher import Dispatcher
 from tasks.delivery.reconciler import Reconciler
-from worker.publish import publish_job, queue_depth, send_notification
+from worker.publish import due_job_batch, publish_job, queue_depth, send_notification
 
 
 class DueJobDispatcher(bootsteps.StartStopStep):
@@ -22,7 +22,7 @@ class DueJobDispatcher(bootsteps.StartStopStep):
         self.dispatcher: Dispatcher | None = None
 
     def start(self, parent: Any) -> None:
-        self.dispatcher = runtime.new_dispatcher(publish_job, queue_depth)
+        self.dispatcher = runtime.new_dispatcher(publish_job, queue_depth, due_job_batch)
         self.dispatcher.start()
 
     def stop(self, parent: Any) -> None:

@@ -12,7 +12,8 @@ the job records are the truth).
 Both are public seams: the app's ``events`` class (whose ``dispatcher_cls`` Celery builds every
 dispatcher from) and a consumer bootstep using the consumer's ``hub`` and ``event_dispatcher``.
 Producers' ``task-sent`` events are not buffered, so they are sent as before, under one name per
-host (:func:`producer_nodename`).
+host (:func:`producer_nodename`); the due-job dispatcher's are, one ``task.multi`` per batch
+(:class:`SentEventBuffer`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from celery import bootsteps
 from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
+from celery.events.event import group_from
 from celery.utils.nodenames import gethostname, nodename
 
 #: how long a worker's task events may wait to be sent together
@@ -43,6 +45,24 @@ class BatchingEventDispatcher(EventDispatcher):
         if len(args) < 2 and not kwargs.get("hostname"):
             kwargs["hostname"] = producer_nodename()
         super().__init__(*args, on_send_buffered=None, **kwargs)
+
+
+class SentEventBuffer(BatchingEventDispatcher):
+    """Holds the ``task-sent`` events ``send_task`` publishes through it (its
+    ``event_dispatcher``) until :meth:`flush`, which sends them as one ``task.multi`` message.
+
+    The dispatcher of due jobs publishes a batch of jobs at a time (``worker.publish``): one
+    event publish per batch instead of one per job. Events of other groups are published at once.
+    """
+
+    def publish(self, type: str, fields: Any, producer: Any, **kwargs: Any) -> Any:
+        """Buffer a ``task-*`` event (flushed by :meth:`flush`); publish any other at once."""
+        if group_from(type) not in self.buffer_group:
+            return super().publish(type, fields, producer, **kwargs)
+        kwargs.pop("retry_policy", None)
+        kwargs.pop("retry", None)
+        self.send(type, **kwargs, **fields)
+        return None
 
 
 class RecorderEvents(Events):

@@ -10,6 +10,9 @@ a failed publish is a ``ConnectionError``, which the producer and the dispatcher
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -17,6 +20,9 @@ from kombu.entity import Exchange, Queue
 from kombu.exceptions import ChannelError, OperationalError
 
 from worker.app import app
+from worker.events import SentEventBuffer
+
+logger = logging.getLogger(__name__)
 
 #: the task's name (fixed by the contract): producers publish by name, never importing the task
 TASK_NAME = "tasks.start_recording"
@@ -40,12 +46,48 @@ def send_task_options(job_id: str, room_id: str) -> dict[str, Any]:
     }
 
 
-def publish_job(job_id: str, room_id: str) -> None:
-    """Put one delivery of the job on the queue; raises ConnectionError when Redis fails."""
+def publish_job(job_id: str, room_id: str, **send_options: Any) -> None:
+    """Put one delivery of the job on the queue; raises ConnectionError when Redis fails.
+
+    ``send_options`` go to ``app.send_task`` as they are (``producer``, ``event_dispatcher``).
+    """
     try:
-        app.send_task(**send_task_options(job_id, room_id))
+        app.send_task(**send_task_options(job_id, room_id), **send_options)
     except BROKER_ERRORS as exc:
         raise ConnectionError(f"the job's message was not published: {exc}") from exc
+
+
+@contextmanager
+def due_job_batch(*, events_per_message: int = 200) -> Iterator[Callable[[str, str], None]]:
+    """Publish a dispatcher's batch of due jobs: ``with due_job_batch() as publish: ...``.
+
+    Every ``publish(job_id, room_id)`` of the batch is :func:`publish_job` on one producer taken
+    from the app's pool; their ``task-sent`` events leave together when the batch closes, as
+    ``task.multi`` messages of up to ``events_per_message`` (Flower reads them as single
+    events). A publish that fails raises ConnectionError; events that cannot be sent are
+    logged and dropped (Flower's view only: the jobs are stored and their messages published).
+    """
+    with app.producer_or_acquire() as producer:
+        events = SentEventBuffer(
+            app=app,
+            connection=producer.connection,
+            enabled=bool(app.conf.task_send_sent_event),
+            buffer_group=["task"],
+            buffer_limit=events_per_message,
+            buffer_while_offline=False,
+        )
+
+        def publish(job_id: str, room_id: str) -> None:
+            publish_job(job_id, room_id, producer=producer, event_dispatcher=events)
+
+        try:
+            yield publish
+        finally:
+            try:
+                events.flush()
+            except BROKER_ERRORS as exc:
+                logger.warning("task-sent events of due jobs not sent (Flower only): %s", exc)
+            events.close()
 
 
 def send_notification(task_name: str, job: dict[str, Any], *, queue: str) -> None:

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from tasks.logs import OutageLog
 from tasks.store.jobs import JobStore
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 #: publishes one delivery of a job: ``publish(job_id, room_id)`` (``worker.publish.publish_job``)
 Publish = Callable[[str, str], None]
+#: opens a batch of publishes, ``with open_batch() as publish: ...``; what the batch buffers (the
+#: jobs' ``task-sent`` events) goes out when it closes (``worker.publish.due_job_batch``)
+OpenBatch = Callable[[], AbstractContextManager[Publish]]
 
 #: how often a dispatcher looks for due jobs; a due job waits at most this long (plus the queue).
 INTERVAL_S = 0.5
@@ -43,7 +47,8 @@ QueueDepth = Callable[[], int]
 
 
 class Dispatcher:
-    """Publishes due jobs with ``publish(job_id, room_id)`` and sweeps for stranded ones."""
+    """Publishes due jobs with ``publish(job_id, room_id)`` (a batch at a time through
+    ``open_batch`` if given) and sweeps for stranded ones."""
 
     def __init__(
         self,
@@ -56,9 +61,11 @@ class Dispatcher:
         queued_quiet_s: float = 960.0,
         lost_quiet_s: float = LOST_QUIET_S,
         queue_depth: QueueDepth | None = None,
+        open_batch: OpenBatch | None = None,
     ) -> None:
         self.store = store
         self.publish = publish
+        self.open_batch = open_batch or (lambda: nullcontext(publish))
         self.interval_s = interval_s
         self.batch = batch
         self.sweep_interval_s = sweep_interval_s
@@ -75,9 +82,10 @@ class Dispatcher:
             items = self.store.pop_due(limit=self.batch)
             published = []
             try:
-                for item in items:
-                    self.publish(item[0], item[1])
-                    published.append(item)
+                with self.open_batch() as publish:
+                    for item in items:
+                        publish(item[0], item[1])
+                        published.append(item)
             finally:
                 self.store.dispatched(published)
             total += len(published)
