@@ -27,6 +27,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python tests/benchmarks/run.py
+	$(BIN)/python tests/benchmarks/publish.py
 	$(MAKE) herd
 
 .PHONY: herd
