@@ -53,6 +53,15 @@ def test_the_apps_connections_use_our_transports_and_keep_their_urls() -> None:
     assert isinstance(worker_app.connection_for_write("redis://h:6379/0"), transport.Connection)
 
 
+def test_the_producer_pool_publishes_on_our_transport(redis_url: str) -> None:
+    # send_task, beat and the dispatcher publish on producers from the app's pool
+    app = new_app()
+    app.conf.broker_url = redis_url
+    with app.producer_or_acquire() as producer:
+        assert isinstance(producer.connection, transport.PooledConnection)
+        assert isinstance(producer.channel, transport.Channel)
+
+
 def test_a_hundred_publishes_and_acks_build_one_client(connection: Connection) -> None:
     channel = connection.default_channel
     assert isinstance(channel, transport.Channel)

@@ -53,6 +53,9 @@ class SentEventBuffer(BatchingEventDispatcher):
 
     The dispatcher of due jobs publishes a batch of jobs at a time (``worker.publish``): one
     event publish per batch instead of one per job. Events of other groups are published at once.
+    Celery's ``send`` flushes by itself once ``buffer_limit`` events are held, inside the publish
+    of a job's message; give a limit no batch reaches, so only the batch's end sends them.
+    Event publishes are not retried (a failed flush is the batch's to log).
     """
 
     def publish(self, type: str, fields: Any, producer: Any, **kwargs: Any) -> Any:

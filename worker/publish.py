@@ -11,6 +11,7 @@ a failed publish is a ``ConnectionError``, which the producer and the dispatcher
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -58,14 +59,15 @@ def publish_job(job_id: str, room_id: str, **send_options: Any) -> None:
 
 
 @contextmanager
-def due_job_batch(*, events_per_message: int = 200) -> Iterator[Callable[[str, str], None]]:
+def due_job_batch() -> Iterator[Callable[[str, str], None]]:
     """Publish a dispatcher's batch of due jobs: ``with due_job_batch() as publish: ...``.
 
     Every ``publish(job_id, room_id)`` of the batch is :func:`publish_job` on one producer taken
-    from the app's pool; their ``task-sent`` events leave together when the batch closes, as
-    ``task.multi`` messages of up to ``events_per_message`` (Flower reads them as single
-    events). A publish that fails raises ConnectionError; events that cannot be sent are
-    logged and dropped (Flower's view only: the jobs are stored and their messages published).
+    from the app's pool, and raises ConnectionError when its message was not published. Their
+    ``task-sent`` events are held until the batch closes and leave then as one ``task.multi``
+    message (Flower reads it as single events; the dispatcher's batches hold at most 200 jobs).
+    Events that cannot be sent then are logged and dropped, never raised: the jobs' messages
+    are out, and an error here would make the dispatcher publish them again.
     """
     with app.producer_or_acquire() as producer:
         events = SentEventBuffer(
@@ -73,7 +75,7 @@ def due_job_batch(*, events_per_message: int = 200) -> Iterator[Callable[[str, s
             connection=producer.connection,
             enabled=bool(app.conf.task_send_sent_event),
             buffer_group=["task"],
-            buffer_limit=events_per_message,
+            buffer_limit=sys.maxsize,  # never flushed inside a publish: only when the batch ends
             buffer_while_offline=False,
         )
 
@@ -85,9 +87,10 @@ def due_job_batch(*, events_per_message: int = 200) -> Iterator[Callable[[str, s
         finally:
             try:
                 events.flush()
-            except BROKER_ERRORS as exc:
+            except Exception as exc:  # Flower's view only: never fail the batch for it
                 logger.warning("task-sent events of due jobs not sent (Flower only): %s", exc)
-            events.close()
+            finally:
+                events.close()
 
 
 def send_notification(task_name: str, job: dict[str, Any], *, queue: str) -> None:

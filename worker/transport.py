@@ -13,7 +13,8 @@ in a forked child) the next operation builds a new client on the new pool.
 
 The app's connections take these transports in place of kombu's Redis ones: the app's
 ``amqp`` class (:class:`AMQP`, a documented argument of ``Celery``) builds a
-:class:`Connection` whose ``get_transport_cls`` makes the swap. The URL and its scheme are left
+:class:`Connection` whose ``get_transport_cls`` makes the swap, and whose pool (Celery's
+producer pool) hands out connections that make it too. The URL and its scheme are left
 as they are (``redis://``, ``rediss://``, ``sentinel://``), so the worker's banner, Flower's
 broker page and ``as_uri`` read as before. ``tests/test_transport.py`` checks that one client
 serves a hundred publishes and acks, that a new pool gets a new client, and that the app's
@@ -26,12 +27,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import kombu
 import redis
 from celery.app import amqp
+from kombu import connection as kombu_connection
 from kombu.transport import redis as kombu_redis
 
-__all__ = ["AMQP", "Connection", "SentinelTransport", "Transport"]
+__all__ = ["AMQP", "Connection", "ConnectionPool", "SentinelTransport", "Transport"]
 
 
 class _OneClient:
@@ -80,13 +81,34 @@ OURS: dict[type, type] = {
 }
 
 
-class Connection(kombu.Connection):
-    """kombu's connection, on :class:`Transport` where kombu would use its Redis transport."""
+class _OurTransports:
+    """Mixin for kombu's connections: ours in place of kombu's Redis transports."""
 
     def get_transport_cls(self) -> type:
         """The transport class for this connection's URL: ours in place of kombu's Redis ones."""
-        cls = super().get_transport_cls()
+        cls = super().get_transport_cls()  # type: ignore[misc]
         return OURS.get(cls, cls)
+
+
+class Connection(_OurTransports, kombu_connection.Connection):
+    """kombu's connection, on :class:`Transport` where kombu would use its Redis transport;
+    its pool (Celery's producer pool) hands out connections that do the same."""
+
+    def Pool(self, limit: int | None = None, **kwargs: Any) -> ConnectionPool:
+        """kombu's pool of connections, of :class:`PooledConnection`."""
+        return ConnectionPool(self, limit, **kwargs)
+
+
+class PooledConnection(_OurTransports, kombu_connection.PooledConnection):
+    """kombu's pooled connection, on our transports."""
+
+
+class ConnectionPool(kombu_connection.ConnectionPool):
+    """kombu's pool of connections, handing out :class:`PooledConnection`."""
+
+    def new(self) -> PooledConnection:
+        """A new connection with the settings of the pool's connection."""
+        return PooledConnection(self, **self.connection.info())
 
 
 class AMQP(amqp.AMQP):

@@ -1,0 +1,68 @@
+"""A dispatcher's batch of due jobs (``worker.publish.due_job_batch``): messages at once, their
+``task-sent`` events in one message when the batch closes, and never an error for the events."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import Any
+
+import pytest
+import redis
+
+from tasks.settings import settings
+from worker.events import SentEventBuffer
+from worker.publish import due_job_batch
+
+
+def event_messages(pubsub: Any) -> list[list[dict[str, Any]]]:
+    """The event messages published so far, each as its list of events."""
+    found = []
+    while (message := pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3)) is not None:
+        body = json.loads(base64.b64decode(json.loads(message["data"])["body"]))
+        found.append(body if isinstance(body, list) else [body])
+    return found
+
+
+@pytest.fixture
+def events_tap(rdb: redis.Redis) -> Any:
+    db = rdb.connection_pool.connection_kwargs.get("db", 0)
+    pubsub = rdb.pubsub()
+    pubsub.psubscribe(f"/{db}.celeryev/*")
+    event_messages(pubsub)  # the subscription's own reply
+    yield pubsub
+    pubsub.close()
+
+
+def test_a_batch_sends_its_messages_at_once_and_its_events_in_one_message_at_the_end(
+    recorder_env: dict[str, str], rdb: redis.Redis, events_tap: Any
+) -> None:
+    ids = [f"batch-{i}" for i in range(250)]
+    with due_job_batch() as publish:
+        for job_id in ids:
+            publish(job_id, "room-1")
+        # every message is on the queue before the batch ends, and no event has left yet
+        assert rdb.llen(settings().queue) == len(ids)
+        assert event_messages(events_tap) == []
+    (events,) = event_messages(events_tap)
+    assert [e["uuid"] for e in events] == ids
+    assert {e["type"] for e in events} == {"task-sent"}
+    assert {e["hostname"] for e in events} == {events[0]["hostname"]}
+    assert events[0]["hostname"].startswith("producer@")
+
+
+def test_events_that_cannot_be_sent_are_logged_and_never_fail_the_batch(
+    recorder_env: dict[str, str],
+    rdb: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refused(self: SentEventBuffer, *args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(SentEventBuffer, "flush", refused)  # our class: Redis gone at the end
+    with caplog.at_level(logging.WARNING, logger="worker.publish"), due_job_batch() as publish:
+        publish("batch-x", "room-1")
+    assert rdb.llen(settings().queue) == 1
+    assert "task-sent events of due jobs not sent" in caplog.text
