@@ -26,7 +26,6 @@ from tasks import logs, runtime
 from tasks.errors import ConfigurationError
 from tasks.settings import sized_concurrency
 from tasks.store import metrics
-from worker import upstream
 
 #: Celery's own per-task lines ("Task ... received", "Task ... succeeded in ...") say less than
 #: the runner's state lines (job, room, status, attempt, HTTP status, latency) and cost a formatted
@@ -110,12 +109,6 @@ def check_credentials(**_: Any) -> None:
     except ConfigurationError as exc:
         print(f"recorder worker: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
-
-
-@worker_init.connect
-def apply_upstream_workarounds(**_: Any) -> None:
-    """Before any channel exists: see :mod:`worker.upstream`."""
-    upstream.apply()
 
 
 @worker_ready.connect

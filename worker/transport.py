@@ -11,6 +11,8 @@ subclasses build it once per channel and pool, through kombu's own ``conn_or_acq
 hand out that one. When kombu replaces the channel's pool (after its connection was lost, or
 in a forked child) the next operation builds a new client on the new pool.
 
+The channels' ``qos`` is :class:`worker.upstream.GuardedQoS`, the guard against kombu#970.
+
 The app's connections take these transports in place of kombu's Redis ones: the app's
 ``amqp`` class (:class:`AMQP`, a documented argument of ``Celery``) builds a
 :class:`Connection` whose ``get_transport_cls`` makes the swap, and whose pool (Celery's
@@ -31,6 +33,8 @@ import redis
 from celery.app import amqp
 from kombu import connection as kombu_connection
 from kombu.transport import redis as kombu_redis
+
+from worker.upstream import GuardedQoS
 
 __all__ = ["AMQP", "Connection", "ConnectionPool", "SentinelTransport", "Transport"]
 
@@ -55,11 +59,15 @@ class _OneClient:
 
 
 class Channel(_OneClient, kombu_redis.Channel):
-    """kombu's Redis channel, with one client object per pool."""
+    """kombu's Redis channel, with one client object per pool and kombu#970 guarded."""
+
+    QoS = GuardedQoS
 
 
 class SentinelChannel(_OneClient, kombu_redis.SentinelChannel):
-    """kombu's Redis Sentinel channel, with one client object per pool."""
+    """kombu's Redis Sentinel channel, with one client object per pool and kombu#970 guarded."""
+
+    QoS = GuardedQoS
 
 
 class Transport(kombu_redis.Transport):

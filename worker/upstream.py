@@ -1,4 +1,4 @@
-"""The one place that works around a bug of a library we use, and only in worker processes.
+"""The one place that works around a bug of a library we use: kombu's Redis ``QoS``, guarded.
 
 **kombu#970 (also #582): a Redis restart can end the worker.** While Redis restarts, kombu's
 ``QoS.restore_unacked`` (run when a channel closes, to hand back the messages it had delivered)
@@ -17,16 +17,17 @@ above: 19 of 19 such workers in the soak). Guarded, such an ack is skipped and l
 message stays in the unacked index and comes back after the visibility timeout, when its claim
 finds the job finished (the outcome is written before the ack) and makes no call.
 
-:func:`apply` is called by the worker at start-up (``worker.signals``), never at import, so
-producers, beat and Flower run kombu exactly as shipped. ``tests/test_upstream.py`` fails when
-the guard stops being applied in a worker, and when kombu renames what it wraps.
+:class:`GuardedQoS` is a subclass of kombu's Redis ``QoS``, the class our broker channels
+build their ``qos`` from (``worker.transport``): nothing of kombu's is patched. Only a worker
+consumes, so only a worker's channels ever ack or hand back messages. ``tests/test_upstream.py``
+reproduces the error on a channel kombu closed (kombu as shipped raises it; the guarded class
+does not), checks that the app's channels use the guard, and fails when kombu leaves the 5.7
+series the bug was checked on.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -34,17 +35,14 @@ from kombu.transport import redis as kombu_redis
 
 logger = logging.getLogger(__name__)
 
-#: marks the guarded method, so applying twice wraps once
-GUARDED = "_recorder_guards_kombu_970"
 
+class GuardedQoS(kombu_redis.QoS):
+    """kombu's Redis ``QoS``, logging instead of raising kombu#970 (see the module docstring)."""
 
-def guarded_restore_unacked(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``original`` (kombu's ``QoS.restore_unacked``), logging instead of raising the bug."""
-
-    @functools.wraps(original)
-    def restore_unacked(self: Any, client: Any = None) -> Any:
+    def restore_unacked(self, client: Any = None) -> Any:
+        """kombu's, or a warning when Redis's loss makes it fail (kombu#970)."""
         try:
-            return original(self, client)
+            return super().restore_unacked(client)
         except (AttributeError, redis.RedisError) as exc:
             logger.warning(
                 "kombu could not hand back unacked messages (%s: %s, kombu#970); they return "
@@ -54,48 +52,33 @@ def guarded_restore_unacked(original: Callable[..., Any]) -> Callable[..., Any]:
             )
             return None
 
-    setattr(restore_unacked, GUARDED, True)
-    return restore_unacked
-
-
-def guarded_on_closed_channel(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``original`` (kombu's ``QoS.ack`` or ``reject``), skipped on a channel kombu closed."""
-
-    @functools.wraps(original)
-    def on_delivery(self: Any, delivery_tag: Any, *args: Any, **kwargs: Any) -> Any:
+    def ack(self, delivery_tag: Any) -> Any:
+        """kombu's, skipped with a warning on a channel kombu closed (kombu#970)."""
         try:
-            return original(self, delivery_tag, *args, **kwargs)
+            return super().ack(delivery_tag)
         except AttributeError:
-            if getattr(self.channel, "connection", None) is not None:
-                raise  # not the closed channel: a bug to see
-            logger.warning(
-                "kombu: %s of message %s skipped, its channel closed with the lost connection "
-                "(kombu#970); it returns after the visibility timeout, its job already written",
-                original.__name__,
-                delivery_tag,
-            )
+            if not self._skipped_on_closed_channel("ack", delivery_tag):
+                raise
             return None
 
-    setattr(on_delivery, GUARDED, True)
-    return on_delivery
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> Any:
+        """kombu's, skipped with a warning on a channel kombu closed (kombu#970)."""
+        try:
+            return super().reject(delivery_tag, requeue=requeue)
+        except AttributeError:
+            if not self._skipped_on_closed_channel("reject", delivery_tag):
+                raise
+            return None
 
-
-#: what is guarded: kombu's Redis ``QoS`` method name, and the guard that wraps it
-GUARDS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
-    "restore_unacked": guarded_restore_unacked,
-    "ack": guarded_on_closed_channel,
-    "reject": guarded_on_closed_channel,
-}
-
-
-def apply() -> None:
-    """Guard kombu's Redis ``QoS`` methods of :data:`GUARDS` in this process (idempotent)."""
-    for name, guard in GUARDS.items():
-        current = getattr(kombu_redis.QoS, name)
-        if not getattr(current, GUARDED, False):
-            setattr(kombu_redis.QoS, name, guard(current))
-
-
-def applied() -> bool:
-    """Whether :func:`apply` has run in this process."""
-    return all(getattr(getattr(kombu_redis.QoS, name), GUARDED, False) for name in GUARDS)
+    def _skipped_on_closed_channel(self, what: str, delivery_tag: Any) -> bool:
+        """Whether kombu closed the channel (then the skipped ``what`` is logged); an error on
+        an open channel is not this bug, and is raised."""
+        if getattr(self.channel, "connection", None) is not None:
+            return False
+        logger.warning(
+            "kombu: %s of message %s skipped, its channel closed with the lost connection "
+            "(kombu#970); it returns after the visibility timeout, its job already written",
+            what,
+            delivery_tag,
+        )
+        return True
