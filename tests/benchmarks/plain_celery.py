@@ -23,19 +23,27 @@ QUEUE = "plain"
 TASK_NAME = "bench.plain_start_recording"
 TOKEN_TTL_S = 600
 
-app = Celery(
-    "plain-bench",
-    broker=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4"),
-    set_as_current=False,
-)
-app.conf.update(
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    result_backend=None,
-    task_default_queue=QUEUE,
-    broker_connection_retry_on_startup=True,
-)
+
+def plain_app(name: str, queue: str) -> Celery:
+    """A Celery app on ``BENCH_REDIS_URL`` with Celery's defaults apart from JSON, ignored
+    results and ``queue`` as the default queue (``herd_celery`` builds its own with it)."""
+    app = Celery(
+        name,
+        broker=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4"),
+        set_as_current=False,
+    )
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=queue,
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+app = plain_app("plain-bench", QUEUE)
 
 _local = threading.local()
 _token_lock = threading.Lock()
