@@ -64,7 +64,6 @@ class Dispatcher:
         open_batch: OpenBatch | None = None,
     ) -> None:
         self.store = store
-        self.publish = publish
         self.open_batch = open_batch or (lambda: nullcontext(publish))
         self.interval_s = interval_s
         self.batch = batch
