@@ -20,6 +20,13 @@ class Kind(StrEnum):
 #: an event whose status ranks at or below the current one changes nothing (a duplicate, a
 #: late arrival). ``stopped`` and ``failed`` both end a recording.
 RECORDING_RANK = {"starting": 1, "started": 2, "stopping": 3, "stopped": 4, "failed": 4}
+#: the statuses that end a recording
+RECORDING_ENDED = frozenset({"stopped", "failed"})
+
+
+def recording_ended(recording: dict[str, Any] | None) -> bool:
+    """Whether a job's ``recording`` (None: nothing known) has stopped or failed."""
+    return (recording or {}).get("status") in RECORDING_ENDED
 
 
 #: ``RECORDER_START_WINDOW``'s default, seconds (``tasks.window``); a record whose window is
@@ -45,7 +52,7 @@ def recording_view(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored recording with every field: unknown ones None, ``updated_at`` the job's (set
     with each move), ``stopped_at``/``failed_at`` read from it, as the store keeps them."""
     view = {**RECORDING_FIELDS, **stored}
-    if view["status"] in ("stopped", "failed"):
+    if view["status"] in RECORDING_ENDED:
         view[f"{view['status']}_at"] = view["updated_at"]
     return view
 

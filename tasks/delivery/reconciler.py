@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from tasks.errors import ApiError
-from tasks.job import Job, Kind
+from tasks.job import RECORDING_ENDED, Job, Kind
 from tasks.store import metrics
 from tasks.store.jobs import JobStore
 from tasks.store.ratelimit import RedisRateLimiter
@@ -34,7 +34,6 @@ INTERVAL_S = 2.0
 GIVE_UP_AFTER_S = 3600.0
 #: the longest wait of the limiter taken in this thread; longer: looked up later.
 SLOT_WAIT_MAX_S = 5.0
-FINAL = frozenset({"stopped", "failed"})
 
 
 def events_of(entry: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
@@ -109,7 +108,7 @@ class Reconciler:
             return 0
         start = job if job.kind is Kind.START else self.store.latest_start(job.room_id)
         status = ((start.recording if start else None) or {}).get("status")
-        if status is not None and (job.kind is Kind.START or status in FINAL):
+        if status is not None and (job.kind is Kind.START or status in RECORDING_ENDED):
             return 0  # the webhooks came
         admission = self.limiter.acquire(max_wait_s=SLOT_WAIT_MAX_S)
         if not admission.reserved:

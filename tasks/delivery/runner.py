@@ -50,7 +50,7 @@ from tasks.errors import (
     WindowClosed,
     WindowRefusal,
 )
-from tasks.job import Job, Kind, Status
+from tasks.job import Job, Kind, Status, recording_ended
 from tasks.store.jobs import JobStore
 from tasks.store.ratelimit import RedisRateLimiter
 from tasks.videosdk.client import ApiClient, ApiResponse
@@ -58,9 +58,6 @@ from tasks.videosdk.retry import backoff_s, is_retryable
 from tasks.videosdk.tokens import TokenMinter
 
 __all__ = ["Delivered", "Runner"]
-
-#: recording statuses after which a stop has nothing left to do
-ENDED = frozenset({"stopped", "failed"})
 
 
 class Runner:
@@ -193,7 +190,7 @@ class Runner:
         if not isinstance(exc, NotRecording):
             return False
         start = self.store.latest_start(job.room_id)
-        return start is not None and (start.recording or {}).get("status") in ENDED
+        return start is not None and recording_ended(start.recording)
 
     def _wait_in_window(self, state: DeliveryState, exc: WindowRefusal) -> str:
         """Defer the job until its next try inside the window, or fail a record without one."""

@@ -19,12 +19,11 @@ import uvicorn
 from tasks.api import get_recording
 from tasks.cli import format as fmt
 from tasks.cli.demo.stack import DemoFailed, free_port
-from tasks.job import Job, Status
+from tasks.job import Job, Status, recording_ended
 
 #: a started recording is stopped this long after its start (the start's ``max_duration_s``)
 RECORDING_S = 3
 POLL_S = 0.2
-ENDED = frozenset({"stopped", "failed"})
 
 
 def start_receiver(stack: contextlib.ExitStack) -> str:
@@ -59,7 +58,7 @@ def wait_for_recordings(
     deadline = time.monotonic() + timeout_s
     while True:
         known = [(room, get_recording(room)) for room in rooms]
-        if all((r or {}).get("status") in ENDED for _, r in known) or time.monotonic() > deadline:
+        if all(recording_ended(r) for _, r in known) or time.monotonic() > deadline:
             return known
         time.sleep(POLL_S)
 

@@ -32,7 +32,6 @@ from typing import IO, Any
 from tasks.api import enqueue_recording, get_job
 from tasks.cli import format as fmt
 from tasks.cli.demo.recordings import (
-    ENDED,
     RECORDING_S,
     recordings_table,
     start_receiver,
@@ -48,7 +47,7 @@ from tasks.cli.demo.stack import (
     tail,
 )
 from tasks.errors import ConfigurationError
-from tasks.job import Job, Status
+from tasks.job import Job, Status, recording_ended
 from tasks.sandbox import Faults, SandboxServer
 from tasks.settings import parse_rate
 
@@ -282,7 +281,7 @@ def _run(args: argparse.Namespace, run_id: str, stack: contextlib.ExitStack) -> 
     say(f"each started recording is stopped {RECORDING_S} s after its start (max_duration_s)")
     recorded = wait_for_recordings(jobs, timeout_s=args.timeout)
     print(recordings_table(recorded), flush=True)
-    ended = sum((r or {}).get("status") in ENDED for _, r in recorded)
+    ended = sum(recording_ended(r) for _, r in recorded)
     say(f"{ended}/{len(recorded)} recordings stopped, each with its file URL (from the webhooks)")
     if ended < len(recorded):
         print("recorder demo: not every recording reached stopped", file=sys.stderr)
