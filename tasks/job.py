@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 
 class Kind(StrEnum):
@@ -22,6 +22,16 @@ class Kind(StrEnum):
 RECORDING_RANK = {"starting": 1, "started": 2, "stopping": 3, "stopped": 4, "failed": 4}
 #: the statuses that end a recording
 RECORDING_ENDED = frozenset({"stopped", "failed"})
+
+
+@overload
+def whole(value: float) -> float | int: ...
+@overload
+def whole(value: None) -> None: ...
+def whole(value: float | None) -> float | int | None:
+    """``value`` as an int when it is a whole number (``600.0``: ``600``), else as it is: how
+    records, JSON and the CLI show seconds."""
+    return int(value) if value is not None and value.is_integer() else value
 
 
 def recording_ended(recording: dict[str, Any] | None) -> bool:

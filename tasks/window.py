@@ -25,7 +25,7 @@ import random
 from typing import Any
 
 from tasks.errors import ValidationError
-from tasks.job import Job
+from tasks.job import Job, whole
 
 #: a window may be as long as a job record lives (``RECORDER_JOB_TTL``); this is the hard cap.
 START_WINDOW_MAX_S = 366 * 24 * 3600.0
@@ -74,7 +74,7 @@ def window_fields(due_s: float, window_s: float) -> dict[str, Any]:
     ``_deadline`` (ms; ``Job.start_deadline`` is read from it)."""
     window_s = float(window_s)
     return {
-        "start_window_s": int(window_s) if window_s.is_integer() else window_s,
+        "start_window_s": whole(window_s),
         "_deadline": int((due_s + window_s) * 1000),
     }
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NoReturn
 
-from tasks.job import Job
+from tasks.job import Job, whole
 from tasks.logs import redact_url_credentials
 from tasks.settings import parse_duration
 
@@ -98,7 +98,7 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(message) from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
-    return int(value) if value.is_integer() else value
+    return whole(value)
 
 
 def json_option(text: str | None, flag: str) -> Any:

@@ -21,7 +21,7 @@ import redis
 
 from tasks.delivery.dispatcher import Publish
 from tasks.errors import BrokerUnavailable, IdempotencyConflict, JobNotFound, ValidationError
-from tasks.job import CANCELLABLE, DEFAULT_START_WINDOW_S, Job, Kind, Status, utc_iso
+from tasks.job import CANCELLABLE, DEFAULT_START_WINDOW_S, Job, Kind, Status, utc_iso, whole
 from tasks.notify import check_notify_task
 from tasks.request import UNENCODABLE, RecordingRequest, is_utf8
 from tasks.store.jobs import JobStore
@@ -102,7 +102,7 @@ class Producer:
                 fields={
                     **window,
                     "kind": Kind.START.value,
-                    "max_duration_s": _whole(stop_after_s),
+                    "max_duration_s": whole(stop_after_s),
                     "notify_task": notify_task,
                 },
                 expired=expired,
@@ -211,10 +211,6 @@ def _check_key(key: str | None) -> None:
         )
     if not is_utf8(key):
         raise ValidationError("idempotency_key", UNENCODABLE)
-
-
-def _whole(value: float | None) -> float | int | None:
-    return int(value) if value is not None and value.is_integer() else value
 
 
 def check_max_duration(value: object) -> float | None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from tasks.delivery.producer import check_max_duration
 from tasks.errors import BrokerUnavailable, ValidationError
-from tasks.job import Job, utc_iso
+from tasks.job import Job, utc_iso, whole
 from tasks.notify import check_notify_task
 from tasks.request import RECORDING_OPTIONS, RecordingRequest
 from tasks.schedules.cron import parse_cron, parse_every, zone
@@ -84,10 +84,10 @@ def validated(
         raise ValidationError("enabled", "must be true or false")
     window_s = check_start_window(start_window_s)
     if window_s is not None:
-        given["start_window_s"] = int(window_s) if window_s.is_integer() else window_s
+        given["start_window_s"] = whole(window_s)
     stop_after_s = check_max_duration(max_duration_s)
     if stop_after_s is not None:
-        given["max_duration_s"] = int(stop_after_s) if stop_after_s.is_integer() else stop_after_s
+        given["max_duration_s"] = whole(stop_after_s)
     if check_notify_task(notify_task) is not None:
         given["notify_task"] = notify_task
     if isinstance(every_s, float) and every_s.is_integer():
