@@ -79,6 +79,8 @@ class Dispatcher:
         total = 0
         while True:
             items = self.store.pop_due(limit=self.batch)
+            if not items:  # no batch to open (a producer, an event buffer) for nothing
+                return total
             published = []
             try:
                 with self.open_batch() as publish:

@@ -36,6 +36,7 @@ with p50/p90/p99 estimated from the buckets; ``tasks.cli.metrics`` serves it to 
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Mapping
@@ -63,14 +64,8 @@ def key(prefix: str) -> str:
 
 def bucket_of(latency_us: float) -> str:
     """The bucket field suffix a latency (µs) falls in: the first bound it does not exceed."""
-    low, high = 0, len(LATENCY_BUCKETS_US)
-    while low < high:  # bisect: the first bound >= latency_us
-        mid = (low + high) // 2
-        if LATENCY_BUCKETS_US[mid] < latency_us:
-            low = mid + 1
-        else:
-            high = mid
-    return _INF if low == len(LATENCY_BUCKETS_US) else str(LATENCY_BUCKETS_US[low])
+    i = bisect.bisect_left(LATENCY_BUCKETS_US, latency_us)  # the first bound >= latency_us
+    return _INF if i == len(LATENCY_BUCKETS_US) else str(LATENCY_BUCKETS_US[i])
 
 
 def recent_bucket(now_s: float) -> int:
