@@ -47,7 +47,7 @@ WAITS_S = {
 #: the claim that ends a job whose window closed comes this long after the deadline, seconds.
 CLOSE_MARGIN_S = 0.05
 #: no attempt begins this close to the deadline, seconds: minting the token and sending take
-#: a few ms on a busy CPU, and no call may reach the API after the window (CLAIM_LUA: 100 ms)
+#: a few ms on a busy CPU, and no call may reach the API after the window (the claim script too)
 SEND_MARGIN_S = 0.1
 #: refusals that are waited out inside the window (see the module docstring).
 WINDOW_REFUSALS = frozenset(WAITS_S)

@@ -7,6 +7,7 @@ and calls them, and the key schema they share is in :mod:`tasks.store`.
 from __future__ import annotations
 
 from tasks.store.ratelimit import GCRA_LUA
+from tasks.window import SEND_MARGIN_S
 
 # cjson escapes every "/" as "\/" (JSON allows it, never needs it): URLs in records would grow
 # by a byte per slash. Every script encodes records with ``enc`` instead, and a JSON null in a
@@ -135,8 +136,10 @@ if holder then
   if holder ~= ARGV[4] then return {'leased', raw, redis.call('PTTL', KEYS[2]), holder} end
   redis.call('DEL', KEYS[2])
 end
--- no attempt begins in the window's last 100 ms (tasks.window.SEND_MARGIN_S)
-if rec._deadline and tonumber(ARGV[3]) > rec._deadline - 100 then return {'window_closed', raw} end
+-- no attempt begins in the window's last SEND_MARGIN_MS ms (tasks.window.SEND_MARGIN_S)
+if rec._deadline and tonumber(ARGV[3]) > rec._deadline - SEND_MARGIN_MS then
+  return {'window_closed', raw}
+end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
 local published = rec._touched or rec._ts
@@ -174,7 +177,7 @@ local out = enc(rec)
 redis.call('SET', KEYS[1], out, 'KEEPTTL')
 return {'claimed', out, began}
 """
-)
+).replace("SEND_MARGIN_MS", str(round(SEND_MARGIN_S * 1000)))
 
 # KEYS[1] due
 # ARGV[1] now ms, ARGV[2] most ids, ARGV[3] ms until an unconfirmed dispatch is retried,
