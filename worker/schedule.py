@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,7 +54,7 @@ from redis.exceptions import LockNotOwnedError
 from tasks import runtime
 from tasks.delivery.dispatcher import Dispatcher
 from tasks.schedules import api as schedules_api
-from tasks.schedules.firing import Enqueue, fire_due, publish_all
+from tasks.schedules.firing import fire_due, publish_all
 from tasks.schedules.store import Schedule
 from worker.publish import publish_job, queue_depth
 
@@ -89,13 +88,16 @@ class RecorderScheduler(RedBeatScheduler):
         if self._standby and not self._reacquire():
             return float(self.max_interval)
         pending: list[tuple[str, str]] = []
+        # the public API's enqueue, keeping each job's message to publish once all are stored
+        enqueue = runtime.producer(lambda job_id, room: pending.append((job_id, room))).enqueue
+        store = schedules_api.store()
         try:
             remaining = super().tick(*args, **kwargs)
             self._extended_at = started = time.monotonic()
             fired = fire_due(
-                schedules_api.store(),
+                store,
                 now=datetime.now(UTC),
-                enqueue=_storing_only(lambda job_id, room: pending.append((job_id, room))),
+                enqueue=enqueue,
                 heartbeat=self._keep_lock,
             )
             stored = time.monotonic()
@@ -118,7 +120,7 @@ class RecorderScheduler(RedBeatScheduler):
             return float(self.max_interval)
         if fired.failed:  # Redis refused some jobs: try them again at the next regular tick
             return float(self.max_interval)
-        following = schedules_api.store().next_due_at()
+        following = store.next_due_at()
         until_s = (following - datetime.now(UTC)).total_seconds() if following else remaining
         return max(MIN_SLEEP_S, min(remaining, until_s, self.max_interval))
 
@@ -178,9 +180,3 @@ class RecorderScheduler(RedBeatScheduler):
             f"{super().info}\n"
             f"       . takeover -> a standby fires within {takeover_s:g}s of this beat's last tick"
         )
-
-
-def _storing_only(publish_later: Callable[[str, str], None]) -> Enqueue:
-    """The public API's enqueue (``runtime.producer``, its settings included), handing each
-    new job's message to ``publish_later`` instead of publishing it."""
-    return runtime.producer(publish_later).enqueue

@@ -85,7 +85,6 @@ class Every(FireTimes):
     """Every ``every_s`` seconds on a grid anchored at the last fire (or the creation) time."""
 
     def __init__(self, every_s: float) -> None:
-        self.every_s = every_s
         self.period = timedelta(seconds=every_s)
 
     def next_after(self, moment: datetime) -> datetime:
@@ -102,8 +101,6 @@ class ZonedCron(FireTimes):
 
     def __init__(self, expression: str, timezone: str = "UTC") -> None:
         """Raises ValidationError naming ``cron`` or ``timezone``."""
-        self.expression = expression
-        self.timezone = timezone
         self.zone = zone(timezone)
         self._text = " ".join(split(expression))
         try:
@@ -180,7 +177,6 @@ def split(expression: object) -> list[str]:
 
 def parse_cron(expression: object, timezone: object = "UTC") -> ZonedCron:
     """A validated :class:`ZonedCron`; raises ValidationError naming ``cron`` or ``timezone``."""
-    zone(timezone)
     cron = ZonedCron(expression, timezone)  # type: ignore[arg-type]
     if cron.next_after(datetime.now(UTC)) is None:
         raise ValidationError("cron", f"{expression!r} never fires")
