@@ -122,11 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 2)
     except (CommandFailed, JobNotFound, BrokerUnavailable) as exc:
         return _fail(str(exc), 1)
-    except BrokenPipeError as exc:
-        if _stdout_closed():
-            return 0  # `recorder jobs | head -1`: the reader had enough; not an outage
-        return _fail(f"Redis is unreachable ({type(exc).__name__}): {exc}", 1)
     except (*BROKER_ERRORS, ConnectionError, TimeoutError) as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            return 0  # `recorder jobs | head -1`: the reader had enough; not an outage
         return _fail(f"Redis is unreachable ({type(exc).__name__}): {exc}", 1)
 
 

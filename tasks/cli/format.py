@@ -64,6 +64,11 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="stop the recording this long after it started (45m, 2h, seconds)",
     )
+    add_notify_option(parser)
+
+
+def add_notify_option(parser: argparse.ArgumentParser) -> None:
+    """``--notify-task``, of every command that creates a job (starts and stops)."""
     parser.add_argument(
         "--notify-task", metavar="TASK", help="a Celery task sent the job on every change"
     )

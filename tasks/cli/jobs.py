@@ -130,9 +130,7 @@ def configure_stop(p: argparse.ArgumentParser) -> None:
     p.add_argument("room_id", metavar="ROOM_ID")
     p.add_argument("--at", metavar="ISO8601", help="stop at this time, not now")
     p.add_argument("--idempotency-key", metavar="K")
-    p.add_argument(
-        "--notify-task", metavar="TASK", help="a Celery task sent the job on every change"
-    )
+    fmt.add_notify_option(p)
     _add_wait_options(p)
     p.set_defaults(run=_stop)
 

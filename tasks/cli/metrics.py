@@ -64,18 +64,12 @@ logger = logging.getLogger(__name__)
 
 #: ``--serve PORT`` listens on this address unless ``HOST:PORT`` says otherwise.
 DEFAULT_HOST = "0.0.0.0"
-#: how long a scrape waits for workers to say which queues they consume.
-WORKERS_TIMEOUT_S = 1.0
 
 
 class RecorderCollector(Collector):
-    """Reads every family from Redis (and the workers) at scrape time; see the module docstring.
+    """Reads every family from Redis (and the workers) at scrape time; see the module docstring."""
 
-    ``ask_workers`` False leaves ``recorder_workers`` out (a scrape then costs no broadcast).
-    """
-
-    def __init__(self, *, ask_workers: bool = True) -> None:
-        self.ask_workers = ask_workers
+    def __init__(self) -> None:
         # a scrape every 15 s while Redis is away: a line when it goes, one a minute, one back
         self.outage = OutageLog(logger, "metrics: Redis")
 
@@ -119,14 +113,13 @@ class RecorderCollector(Collector):
             "How long the job of the queue's oldest message has waited to be taken.",
             0.0 if waiting is None else round(waiting.wait_s, 3),
         )
-        if self.ask_workers:
-            found = ops.workers(timeout_s=WORKERS_TIMEOUT_S)
-            yield _labelled_gauge(
-                "recorder_workers",
-                "Workers answering the remote control, and those consuming the queue.",
-                "state",
-                {"replying": len(found.replied), "consuming": len(found.consuming)},
-            )
+        found = ops.workers()  # waits ops.HEALTH_PING_TIMEOUT_S for the workers' replies
+        yield _labelled_gauge(
+            "recorder_workers",
+            "Workers answering the remote control, and those consuming the queue.",
+            "state",
+            {"replying": len(found.replied), "consuming": len(found.consuming)},
+        )
 
 
 def api_families(snap: dict[str, Any]) -> Iterator[Metric]:
@@ -189,10 +182,10 @@ def _labelled_gauge(name: str, help_: str, label: str, values: dict[str, int]) -
     return family
 
 
-def registry(*, ask_workers: bool = True) -> CollectorRegistry:
+def registry() -> CollectorRegistry:
     """A registry holding only our collector (no process or platform metrics of this exporter)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(RecorderCollector(ask_workers=ask_workers))
+    reg.register(RecorderCollector())
     return reg
 
 

@@ -132,14 +132,12 @@ def oldest_wait(*, now_s: float | None = None) -> Waiting | None:
     if job is None or job.status not in (Status.QUEUED, Status.RETRYING):
         return None
     since = max(
-        _epoch_s(value) for value in (job.updated_at, job.run_at, job.next_attempt_at) if value
+        datetime.fromisoformat(value).timestamp()
+        for value in (job.updated_at, job.run_at, job.next_attempt_at)
+        if value
     )
     now_s = time.time() if now_s is None else now_s
     return Waiting(job_id=job_id, wait_s=max(0.0, now_s - since))
-
-
-def _epoch_s(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def auth_refusals(*, window_s: float = AUTH_WINDOW_S) -> tuple[int, dict[str, int]]:
