@@ -26,16 +26,6 @@ from pydantic.alias_generators import to_camel
 from tasks.errors import ValidationError
 
 ROOM_ID_MAX_CHARS = 256
-#: the body's options by their Python names (``enqueue_recording``'s keyword arguments)
-RECORDING_OPTIONS = (
-    "template_url",
-    "transcription",
-    "summary",
-    "config",
-    "webhook_url",
-    "aws_dir_path",
-)
-
 LayoutType = Literal["GRID", "SPOTLIGHT", "SIDEBAR"]
 LayoutPriority = Literal["SPEAKER", "PIN"]
 Theme = Literal["DARK", "LIGHT", "DEFAULT"]
@@ -196,6 +186,10 @@ class RecordingRequest(_Body):
             return cls.model_validate(body)
         except PydanticValidationError as exc:
             raise _converted(exc, python_names=python_names) from exc
+
+
+#: the body's options by their Python names (``enqueue_recording``'s keyword arguments)
+RECORDING_OPTIONS = tuple(name for name in RecordingRequest.model_fields if name != "room_id")
 
 
 #: the fixed set of values accepted at each nested path; named in error messages.

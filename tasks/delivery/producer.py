@@ -84,11 +84,12 @@ class Producer:
         if due_at is not None and not (isinstance(due_at, datetime) and due_at.tzinfo):
             raise ValidationError("due_at", "must be a timezone-aware datetime")
         window = window_fields(opens_at.timestamp() if opens_at else now_s, window_s)
-        late_s = now_s - window["_deadline"] / 1000
+        deadline_s = window["_deadline"] / 1000
+        late_s = now_s - deadline_s
         expired = None
         if late_s > 0:
             event = "was fired by its schedule" if schedule is not None else "was enqueued"
-            deadline = utc_iso(window["_deadline"] / 1000)
+            deadline = utc_iso(deadline_s)
             message = too_late_message(window_s, deadline, late_s, event=event)
             expired = {"type": "expired", "message": message}
         try:
@@ -99,9 +100,8 @@ class Producer:
                 run_at_s=run_at_s,
                 schedule=schedule,
                 job_id=uuid.uuid4().hex,
-                fields={
+                fields={  # no kind: a record without one is a start (writes.DEFAULTS)
                     **window,
-                    "kind": Kind.START.value,
                     "max_duration_s": whole(stop_after_s),
                     "notify_task": notify_task,
                 },
