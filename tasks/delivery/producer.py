@@ -156,16 +156,7 @@ class Producer:
 
     def _publish_new(self, job: Job) -> None:
         """Publish a new job's message; if that fails, the sweeper publishes it later."""
-        try:
-            self.publish(job.id, job.room_id)
-        except (redis.RedisError, OSError) as exc:  # OSError: ConnectionError of a publish
-            # stored: it is not lost, only later (the sweeper finds a job with no message)
-            logger.warning(
-                "job %s stored, its message not yet published (the sweeper will): %s",
-                job.id,
-                exc,
-                extra={"job_id": job.id, "room_id": job.room_id},
-            )
+        publish_stored(self.publish, job.id, job.room_id)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job that has not started (see ``tasks.cancel_job``); raises JobNotFound."""
@@ -232,3 +223,20 @@ def _check_run_at(run_at: datetime | None, *, now_s: float, ttl_s: int) -> float
     if when - now_s > ttl_s:
         raise ValidationError("run_at", f"must be within RECORDER_JOB_TTL ({ttl_s}s) from now")
     return when if when > now_s else None
+
+
+def publish_stored(publish: Publish, job_id: str, room_id: str) -> bool:
+    """Publish the message of a job already stored; whether it went out. A broker failure is
+    logged, not raised: the job is not lost, only later (the sweeper finds a job with no
+    message and publishes it)."""
+    try:
+        publish(job_id, room_id)
+    except (redis.RedisError, OSError) as exc:  # OSError: ConnectionError of a publish
+        logger.warning(
+            "job %s stored, its message not yet published (the sweeper will): %s",
+            job_id,
+            exc,
+            extra={"job_id": job_id, "room_id": room_id},
+        )
+        return False
+    return True

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tasks.delivery.producer import check_max_duration
+from tasks.delivery.producer import check_max_duration, publish_stored
 from tasks.errors import BrokerUnavailable, ValidationError
 from tasks.job import Job, utc_iso, whole
 from tasks.notify import check_notify_task
@@ -221,21 +221,11 @@ def publish_all(
     """
 
     def one(item: tuple[str, str]) -> bool:
-        job_id, room_id = item
         try:
-            publish(job_id, room_id)
-        except (ConnectionError, OSError) as exc:
-            logger.warning(
-                "job %s stored, its message not yet published (the sweeper will): %s",
-                job_id,
-                exc,
-                extra={"job_id": job_id, "room_id": room_id},
-            )
-            return False
+            return publish_stored(publish, *item)
         except Exception:  # one message's surprise must not stop the others
-            logger.exception("job %s stored, its message not published", job_id)
+            logger.exception("job %s stored, its message not published", item[0])
             return False
-        return True
 
     failed = 0
     for item in pending:
