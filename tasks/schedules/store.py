@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import redis
@@ -183,7 +184,10 @@ class ScheduleStore:
         found = []
         for key, raw in definitions.items():
             name, definition = _text(key), json.loads(raw)
-            next_s = _next_run_s(definition, last_s.get(name, now_s), due_s.get(name), now_s)
+            times = partial(
+                fire_times, definition["cron"], definition["timezone"], definition["every_s"]
+            )
+            next_s = _next_run_s(times, last_s.get(name, now_s), due_s.get(name), now_s)
             shown_at = None
             if next_s is not None:
                 shown_at = shown.get(next_s) or shown.setdefault(next_s, utc_iso(next_s))
@@ -276,26 +280,24 @@ def _schedule(name: str, definition: Mapping[str, Any], next_run_at: str | None)
 
 
 def _next_run_s(
-    definition: Mapping[str, Any], last_s: float, next_s: float | None, now_s: float
+    times: Callable[[], FireTimes], last_s: float, next_s: float | None, now_s: float
 ) -> float | None:
     """What beat fires next (epoch s): the stored next fire time or, when that has passed (no
-    beat running), the latest missed time, which beat fires once when it is back."""
+    beat running), the latest missed time of ``times()``, which beat fires once when back."""
     if next_s is None or next_s > now_s:
         return next_s
-    times = fire_times(definition["cron"], definition["timezone"], definition["every_s"])
-    latest = times.latest_due(_moment(last_s), _moment(now_s))
+    latest = times().latest_due(_moment(last_s), _moment(now_s))
     return latest.timestamp() if latest else next_s
 
 
 def _view(entry: Entry, now: datetime) -> Schedule:
     """The public view of one stored schedule (see :func:`_next_run_s`)."""
-    next_at = entry.next_at
-    if next_at is not None and next_at <= now:
-        next_at = entry.times().latest_due(entry.last_run_at, now) or next_at
+    stored_s = entry.next_at.timestamp() if entry.next_at is not None else None
+    next_s = _next_run_s(entry.times, entry.last_run_at.timestamp(), stored_s, now.timestamp())
     schedule = entry.schedule
-    if not schedule.enabled or next_at is None:
+    if not schedule.enabled or next_s is None:
         return schedule
-    return replace(schedule, next_run_at=utc_iso(next_at.timestamp()))
+    return replace(schedule, next_run_at=utc_iso(next_s))
 
 
 def _moment(epoch_s: float) -> datetime:
