@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import redis
 
-from tasks.delivery.dispatcher import Dispatcher, OpenBatch, Publish, QueueDepth
+from tasks.delivery.dispatcher import Dispatcher, OpenBatch, Publish, QueueDepth, queue_ahead
 from tasks.delivery.producer import Producer
 from tasks.delivery.reconciler import Reconciler
 from tasks.delivery.runner import Runner
@@ -188,9 +188,11 @@ def new_dispatcher(
     """A due-job dispatcher and sweeper, as every worker and beat runs one (not yet started).
 
     ``publish``, ``queue_depth`` and ``open_batch`` are Celery's (``worker.publish``; a worker's
-    dispatcher publishes a batch at a time, on one producer). Whatever the evidence, a
-    queued job counts as stranded once kombu's visibility timeout (plus a margin) has passed with
-    nobody working on it; sooner when its message is evidently gone (see the dispatcher).
+    dispatcher publishes a batch at a time, on one producer). A backlog of due jobs is published
+    as the queue drains, :data:`tasks.delivery.dispatcher.QUEUE_AHEAD_S` of calls at the rate
+    limit ahead (``queue_ahead``). Whatever the evidence, a queued job counts as stranded once
+    kombu's visibility timeout (plus a margin) has passed with nobody working on it; sooner when
+    its message is evidently gone (see the dispatcher).
     """
     return Dispatcher(
         store=store(),
@@ -198,5 +200,6 @@ def new_dispatcher(
         sweep_interval_s=settings().sweep_interval_s,
         queued_quiet_s=VISIBILITY_TIMEOUT_S + 60,
         queue_depth=queue_depth,
+        queue_ahead=queue_ahead(settings().rate_per_s),
         open_batch=open_batch,
     )

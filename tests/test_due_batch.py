@@ -1,5 +1,6 @@
-"""A dispatcher's batch of due jobs (``worker.publish.due_job_batch``): messages at once, their
-``task-sent`` events in one message when the batch closes, and never an error for the events."""
+"""A dispatcher's batch of due jobs (``worker.publish.due_job_batch``): its messages in one
+pipeline and its ``task-sent`` events in one message when the batch closes, a clear error when
+the messages could not be written, and never an error for the events."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import redis
 
 from tasks.settings import settings
+from tests.conftest import RedisServer
 from worker.events import SentEventBuffer
 from worker.publish import due_job_batch
 
@@ -35,21 +37,43 @@ def events_tap(rdb: redis.Redis) -> Any:
     pubsub.close()
 
 
-def test_a_batch_sends_its_messages_at_once_and_its_events_in_one_message_at_the_end(
+def test_a_batch_sends_its_messages_and_then_its_events_when_it_closes(
     recorder_env: dict[str, str], rdb: redis.Redis, events_tap: Any
 ) -> None:
     ids = [f"batch-{i}" for i in range(250)]
     with due_job_batch() as publish:
         for job_id in ids:
             publish(job_id, "room-1")
-        # every message is on the queue before the batch ends, and no event has left yet
-        assert rdb.llen(settings().queue) == len(ids)
+        # held in kombu's pipeline: neither a message nor an event has left yet
+        assert rdb.llen(settings().queue) == 0
         assert event_messages(events_tap) == []
+    queued = [json.loads(m)["headers"]["id"] for m in rdb.lrange(settings().queue, 0, -1)]
+    assert queued[::-1] == ids  # LPUSHed in order, consumed from the other end
     (events,) = event_messages(events_tap)
     assert [e["uuid"] for e in events] == ids
     assert {e["type"] for e in events} == {"task-sent"}
     assert {e["hostname"] for e in events} == {events[0]["hostname"]}
     assert events[0]["hostname"].startswith("producer@")
+
+
+def test_a_batch_whose_messages_cannot_be_written_raises_connection_error(
+    on_private_redis: RedisServer,
+) -> None:
+    expected = pytest.raises(ConnectionError, match="a batch of due jobs was not published")
+    with expected, due_job_batch() as publish:
+        publish("batch-y", "room-1")
+        on_private_redis.stop()  # Redis gone before the batch is written
+
+
+def test_a_failed_publish_inside_a_batch_is_raised_as_it_is(
+    recorder_env: dict[str, str], rdb: redis.Redis
+) -> None:
+    refused = ConnectionError("the job's message was not published: refused")
+    with pytest.raises(ConnectionError) as raised, due_job_batch() as publish:
+        publish("batch-z", "room-1")
+        raise refused
+    assert raised.value is refused
+    assert rdb.llen(settings().queue) == 0  # the batch was dropped with it
 
 
 def test_events_that_cannot_be_sent_are_logged_and_never_fail_the_batch(

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import gc
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
 
+from tasks.delivery.dispatcher import MIN_PAUSE_S, Dispatcher
 from tasks.job import Status
 from tasks.store.connections import own_client
 from tasks.store.jobs import Claim, JobStore
@@ -200,6 +203,71 @@ def test_unconfirmed_dispatch_is_handed_out_again(store: JobStore, clock: Clock)
     assert store.pop_due() == []
     clock.now += 31  # the dispatcher died before publishing
     assert [i for i, _r, _t in store.pop_due()] == [job_id]
+
+
+def test_a_dispatcher_batch_that_raised_is_handed_out_again_whole(
+    store: JobStore, clock: Clock
+) -> None:
+    # Given three due jobs and a batch whose messages cannot be written when it closes
+    ids = sorted(new(store, room=f"r{i}", run_at_s=clock.now + 1) for i in range(3))
+    clock.now += 1
+    published: list[str] = []
+
+    @contextmanager
+    def failing_batch() -> Iterator[Callable[[str, str], None]]:
+        yield lambda job_id, _room: published.append(job_id)
+        raise ConnectionError("a batch of due jobs was not published: refused")
+
+    dispatcher = Dispatcher(store=store, publish=lambda *_: None, open_batch=failing_batch)
+    with pytest.raises(ConnectionError):
+        dispatcher.run_once()
+    # Then none of them is confirmed: each is handed out again, not left without a message
+    assert sorted(published) == ids
+    assert store.pop_due() == []
+    clock.now += 31
+    assert sorted(i for i, _r, _t in store.pop_due()) == ids
+
+
+def test_a_dispatcher_holds_a_backlog_back_until_the_queue_drains(
+    store: JobStore, clock: Clock
+) -> None:
+    # Given 450 jobs due at once, batches of 200, and a queue that takes 300 messages ahead
+    for i in range(450):
+        new(store, room=f"r{i}", run_at_s=clock.now + 1)
+    clock.now += 1
+    queue: list[str] = []
+    dispatcher = Dispatcher(
+        store=store,
+        publish=lambda job_id, _room: queue.append(job_id),
+        queue_depth=lambda: len(queue),
+        queue_ahead=300,
+    )
+    # When it turns: a full batch, then the queue holds 200 (< 300): one more batch, then 400
+    assert dispatcher.run_once() == 400
+    assert dispatcher.pause_s() == dispatcher.interval_s  # a backlog: no hurry to look again
+    assert dispatcher.run_once() == 0  # the queue has not drained
+    # Then the rest goes once the workers have taken messages, and the backlog is gone
+    del queue[:350]
+    assert dispatcher.run_once() == 50
+    assert store.due_count() == 0
+
+
+def test_a_dispatcher_turns_again_when_the_earliest_job_falls_due(
+    store: JobStore, clock: Clock
+) -> None:
+    dispatcher = Dispatcher(store=store, publish=lambda *_: None)
+    assert dispatcher.pause_s() == dispatcher.interval_s  # nothing waits
+    new(store, run_at_s=clock.now + 0.12)
+    assert dispatcher.pause_s() == pytest.approx(0.12)
+    new(store, run_at_s=clock.now + 0.03)
+    assert dispatcher.pause_s() == pytest.approx(0.03)
+    clock.now += 0.05  # one is due, not published yet: as soon as may be
+    assert dispatcher.pause_s() == MIN_PAUSE_S
+    assert dispatcher.run_once() == 1
+    assert dispatcher.pause_s() == pytest.approx(0.07)
+    clock.now += 0.07
+    assert dispatcher.run_once() == 1
+    assert dispatcher.pause_s() == dispatcher.interval_s
 
 
 def test_cancelled_jobs_are_never_dispatched(store: JobStore, clock: Clock) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from kombu.entity import Exchange, Queue
-from kombu.exceptions import ChannelError, OperationalError
+from kombu.exceptions import BatchPublishError, ChannelError, OperationalError
 
 from worker.app import app
 from worker.events import SentEventBuffer
@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 #: the task's name (fixed by the contract): producers publish by name, never importing the task
 TASK_NAME = "tasks.start_recording"
 BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
+#: Redis commands a batch of due jobs holds before kombu writes them (one per message, or two
+#: for a queue with an expiry): more than a dispatcher's batch, so each batch is one round trip
+PIPELINE_MAX_COMMANDS = 1000
 
 
 def send_task_options(job_id: str, room_id: str) -> dict[str, Any]:
@@ -63,11 +66,18 @@ def due_job_batch() -> Iterator[Callable[[str, str], None]]:
     """Publish a dispatcher's batch of due jobs: ``with due_job_batch() as publish: ...``.
 
     Every ``publish(job_id, room_id)`` of the batch is :func:`publish_job` on one producer taken
-    from the app's pool, and raises ConnectionError when its message was not published. Their
-    ``task-sent`` events are held until the batch closes and leave then as one ``task.multi``
-    message (Flower reads it as single events; the dispatcher's batches hold at most 200 jobs).
-    Events that cannot be sent then are logged and dropped, never raised: the jobs' messages
-    are out, and an error here would make the dispatcher publish them again.
+    from the app's pool, inside kombu's ``Producer.batch()`` (kombu 5.7): on Redis the messages
+    are held in one pipeline and written in one round trip when the batch closes, where one
+    ``LPUSH`` each cost a round trip, and in a busy worker a wait for the GIL after it. So a
+    message is out only once the batch has closed without error; a batch that raised (a
+    ``ConnectionError``, also from closing) may have published none, some or all of its jobs.
+    A transport without batches (or a Redis connection set to retry on timeout, where kombu
+    refuses to batch) publishes each message at once instead.
+
+    Their ``task-sent`` events are held until the messages are out and leave then as one
+    ``task.multi`` message (Flower reads it as single events; the dispatcher's batches hold at
+    most 200 jobs). Events that cannot be sent then are logged and dropped, never raised: the
+    jobs' messages are out, and an error here would make the dispatcher publish them again.
     """
     with app.producer_or_acquire() as producer:
         events = SentEventBuffer(
@@ -83,14 +93,19 @@ def due_job_batch() -> Iterator[Callable[[str, str], None]]:
             publish_job(job_id, room_id, producer=producer, event_dispatcher=events)
 
         try:
-            yield publish
-        finally:
+            try:
+                with producer.batch(max_size=PIPELINE_MAX_COMMANDS):
+                    yield publish
+            except ConnectionError:  # a publish_job of the batch
+                raise
+            except (BatchPublishError, *BROKER_ERRORS) as exc:  # closing: the pipeline's write
+                raise ConnectionError(f"a batch of due jobs was not published: {exc}") from exc
             try:
                 events.flush()
             except Exception as exc:  # Flower's view only: never fail the batch for it
                 logger.warning("task-sent events of due jobs not sent (Flower only): %s", exc)
-            finally:
-                events.close()
+        finally:
+            events.close()
 
 
 def send_notification(task_name: str, job: dict[str, Any], *, queue: str) -> None:
@@ -107,9 +122,12 @@ def send_notification(task_name: str, job: dict[str, Any], *, queue: str) -> Non
 
 def queue_depth() -> int:
     """Messages waiting on the queue our workers consume (``RECORDER_QUEUE``), by kombu's
-    passive declare; 0 when it does not exist yet."""
+    passive declare; 0 when it does not exist yet.
+
+    On a connection of the app's broker pool (``app.pool``), kept between calls: a dispatcher
+    holding back a backlog asks after every batch."""
     queue = str(app.conf.task_default_queue)
-    with app.connection_for_read() as connection:
+    with app.pool.acquire(block=True) as connection:
         try:
             return int(connection.default_channel.queue_declare(queue=queue, passive=True)[1])
         except ChannelError:  # kombu's Redis transport: no list yet means an empty queue

@@ -91,5 +91,12 @@ class DueSet(Keyspace):
         if args:
             self._dispatched(keys=[self.key("due")], args=args)
 
+    def next_due_s(self) -> float | None:
+        """When the earliest job in the due set falls due (seconds since the epoch, the store's
+        clock), or None for an empty set; jobs handed out and not yet confirmed count too, at
+        their redispatch time."""
+        first = self.client.zrange(self.key("due"), 0, 0, withscores=True)
+        return float(first[0][1]) / 1000 if first else None
+
     def due_count(self) -> int:
         return int(self.client.zcard(self.key("due")))
