@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import ssl
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ from tasks.settings import (
     sized_concurrency,
 )
 from tasks.store.connections import parse_sentinel_url, redis_client
+from tests.conftest import reset_process
+from worker import signals
 from worker.config import celery_config
 
 SECRET = "s3cr3t-config-test-value"
@@ -382,3 +387,28 @@ def test_a_worker_process_may_hold_a_connection_per_thread_of_its_largest_pool()
     # redis-py's MaxConnectionsError (its default limit is 100)
     client = redis_client("redis://127.0.0.1:6379/0")
     assert client.connection_pool.max_connections >= CONCURRENCY_MAX + 16
+
+
+@pytest.fixture
+def interpreter_restored() -> Iterator[None]:
+    switch_s, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    yield
+    sys.setswitchinterval(switch_s)
+    gc.set_threshold(*thresholds)
+
+
+@pytest.mark.parametrize(("pool", "tuned"), [("threads", True), ("prefork", False)])
+def test_a_thread_pool_worker_tunes_the_gil_switch_and_the_garbage_collector(
+    pool: str,
+    tuned: bool,
+    recorder_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    interpreter_restored: None,
+) -> None:
+    monkeypatch.setenv("RECORDER_POOL", pool)
+    reset_process()
+    sys.setswitchinterval(0.005)
+    gc.set_threshold(700, 10, 10)
+    signals.tune_the_interpreter()
+    assert (sys.getswitchinterval() == signals.SWITCH_INTERVAL_S) is tuned
+    assert gc.get_threshold() == ((signals.GC_THRESHOLD_0, 10, 10) if tuned else (700, 10, 10))
