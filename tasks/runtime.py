@@ -187,12 +187,12 @@ def new_dispatcher(
 ) -> Dispatcher:
     """A due-job dispatcher and sweeper, as every worker and beat runs one (not yet started).
 
-    ``publish``, ``queue_depth`` and ``open_batch`` are Celery's (``worker.publish``; a worker's
-    dispatcher publishes a batch at a time, on one producer). A backlog of due jobs is published
-    as the queue drains, :data:`tasks.delivery.dispatcher.QUEUE_AHEAD_S` of calls at the rate
-    limit ahead (``queue_ahead``). Whatever the evidence, a queued job counts as stranded once
-    kombu's visibility timeout (plus a margin) has passed with nobody working on it; sooner when
-    its message is evidently gone (see the dispatcher).
+    ``publish``, ``queue_depth`` and ``open_batch`` are Celery's (``worker.publish``; workers'
+    and beat's dispatchers publish a batch at a time, on one producer). A backlog of due jobs
+    is published as the queue drains, :data:`tasks.delivery.dispatcher.QUEUE_AHEAD_S` of calls
+    at the rate limit ahead (``queue_ahead``). Whatever the evidence, a queued job counts as
+    stranded once kombu's visibility timeout (plus a margin) has passed with nobody working on
+    it; sooner when its message is evidently gone (see the dispatcher).
     """
     return Dispatcher(
         store=store(),

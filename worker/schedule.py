@@ -56,7 +56,7 @@ from tasks.delivery.dispatcher import Dispatcher
 from tasks.schedules import api as schedules_api
 from tasks.schedules.firing import fire_due, publish_all
 from tasks.schedules.store import Schedule
-from worker.publish import publish_job, queue_depth
+from worker.publish import due_job_batch, publish_job, queue_depth
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RecorderScheduler(RedBeatScheduler):
         # only the real scheduler gets here; celery also builds a ``lazy`` one for its banner
         super().setup_schedule()
         self._adopt_redbeat_entries()
-        self._dispatcher = runtime.new_dispatcher(publish_job, queue_depth)
+        self._dispatcher = runtime.new_dispatcher(publish_job, queue_depth, due_job_batch)
         self._dispatcher.start()
 
     def install_default_entries(self, data: Any) -> None:
