@@ -14,6 +14,8 @@ import redis
 
 from tasks.settings import settings
 from tests.conftest import RedisServer
+from worker import publish
+from worker.app import app
 from worker.events import SentEventBuffer
 from worker.publish import due_job_batch
 
@@ -90,3 +92,18 @@ def test_events_that_cannot_be_sent_are_logged_and_never_fail_the_batch(
         publish("batch-x", "room-1")
     assert rdb.llen(settings().queue) == 1
     assert "task-sent events of due jobs not sent" in caplog.text
+
+
+def test_the_queue_depth_gives_up_with_connection_error_when_the_broker_pool_is_taken(
+    recorder_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publish, "POOL_ACQUIRE_TIMEOUT_S", 0.2)
+    assert publish.queue_depth() == 0
+    taken = [app.pool.acquire(block=False) for _ in range(app.pool.limit)]
+    try:
+        with pytest.raises(ConnectionError, match=r"no broker connection free within 0\.2 s"):
+            publish.queue_depth()
+    finally:
+        for connection in taken:
+            connection.release()
+    assert publish.queue_depth() == 0

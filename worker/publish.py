@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from kombu.entity import Exchange, Queue
-from kombu.exceptions import BatchPublishError, ChannelError, OperationalError
+from kombu.exceptions import BatchPublishError, ChannelError, LimitExceeded, OperationalError
 
 from worker.app import app
 from worker.events import SentEventBuffer
@@ -28,9 +28,12 @@ logger = logging.getLogger(__name__)
 #: the task's name (fixed by the contract): producers publish by name, never importing the task
 TASK_NAME = "tasks.start_recording"
 BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
-#: Redis commands a batch of due jobs holds before kombu writes them (one per message, or two
-#: for a queue with an expiry): more than a dispatcher's batch, so each batch is one round trip
+#: Redis commands a batch of due jobs holds before kombu writes them (one ``LPUSH`` per message;
+#: a queue with an expiry, which ours has not, adds a ``PEXPIRE`` per priority step): more than a
+#: dispatcher's batch of 200 messages, so each batch is one round trip
 PIPELINE_MAX_COMMANDS = 1000
+#: how long :func:`queue_depth` waits for a free connection of the app's broker pool, seconds
+POOL_ACQUIRE_TIMEOUT_S = 5.0
 
 
 def send_task_options(job_id: str, room_id: str) -> dict[str, Any]:
@@ -69,8 +72,10 @@ def due_job_batch() -> Iterator[Callable[[str, str], None]]:
     from the app's pool, inside kombu's ``Producer.batch()`` (kombu 5.7): on Redis the messages
     are held in one pipeline and written in one round trip when the batch closes, where one
     ``LPUSH`` each cost a round trip, and in a busy worker a wait for the GIL after it. So a
-    message is out only once the batch has closed without error; a batch that raised (a
-    ``ConnectionError``, also from closing) may have published none, some or all of its jobs.
+    message is out only once the batch has closed without error; a batch that raised may have
+    published none, some or all of its jobs. Broker errors, also from closing, are raised as
+    ``ConnectionError``; kombu raises ``RuntimeError`` if the producer's channel was replaced
+    mid-batch (a reconnect), which the dispatcher treats as any failed batch.
     A transport without batches (or a Redis connection set to retry on timeout, where kombu
     refuses to batch) publishes each message at once instead.
 
@@ -125,9 +130,19 @@ def queue_depth() -> int:
     passive declare; 0 when it does not exist yet.
 
     On a connection of the app's broker pool (``app.pool``), kept between calls: a dispatcher
-    holding back a backlog asks after every batch."""
+    holding back a backlog asks after every batch. Raises ConnectionError when no connection of
+    the pool is free within :data:`POOL_ACQUIRE_TIMEOUT_S` (the pool's limit is
+    ``broker_pool_limit``), as when Redis fails.
+    """
     queue = str(app.conf.task_default_queue)
-    with app.pool.acquire(block=True) as connection:
+    try:
+        pooled = app.pool.acquire(block=True, timeout=POOL_ACQUIRE_TIMEOUT_S)
+    except LimitExceeded as exc:
+        raise ConnectionError(
+            f"no broker connection free within {POOL_ACQUIRE_TIMEOUT_S:g} s "
+            f"(broker_pool_limit {exc})"
+        ) from exc
+    with pooled as connection:
         try:
             return int(connection.default_channel.queue_declare(queue=queue, passive=True)[1])
         except ChannelError:  # kombu's Redis transport: no list yet means an empty queue

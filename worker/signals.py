@@ -106,7 +106,9 @@ def size_the_pool(sender: Any = None, **_: Any) -> None:
 def tune_the_interpreter(**_: Any) -> None:
     """A thread-pool worker: :data:`SWITCH_INTERVAL_S` and :data:`GC_THRESHOLD_0`, measured in
     ``tests/benchmarks/herd.py`` (one worker, 200 calls/s). Both are process-wide interpreter
-    settings with public APIs; a prefork pool's processes are left as Python sets them."""
+    settings with public APIs; a prefork pool's processes are left as Python sets them. The
+    pool is the configured one (``RECORDER_POOL``, as for :func:`size_the_pool`): select
+    prefork with the variable, not ``-P prefork`` (README, "Pool and concurrency")."""
     if runtime.config().worker_pool != "threads":
         return
     sys.setswitchinterval(SWITCH_INTERVAL_S)

@@ -40,7 +40,7 @@ OpenBatch = Callable[[], AbstractContextManager[Publish]]
 #: a dispatcher looks for due jobs at least this often: a job enqueued by another process due
 #: sooner than the earliest one it knew of waits at most this long (plus the queue)
 INTERVAL_S = 0.5
-#: ...and at most this often: a job is published this long after it falls due, at most
+#: ...and at most this often (the shortest pause, seconds, when a job falls due at once)
 MIN_PAUSE_S = 0.01
 BATCH = 200
 #: a claimed job whose lease has expired has been left alone at least this long already.
