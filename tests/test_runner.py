@@ -405,3 +405,42 @@ def test_a_few_seconds_of_clock_skew_with_the_api_fail_no_job(
     outcomes = [runner.run(enqueue(store, f"room-{i}")).word for i in range(4)]
     assert outcomes == ["succeeded"] * 4
     assert {c["status"] for c in sandbox.calls()} == {200}
+
+
+def test_a_cooldown_begun_while_waiting_for_the_slot_holds_the_call_until_it_ends(
+    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+) -> None:
+    # Given a job waiting for its slot, during which another worker's 429 asks for 0.4 s of quiet
+    began: list[float] = []
+    runner: Runner
+
+    def sleep(seconds: float) -> None:
+        if not began:
+            runner.limiter.on_rate_limited(0.4)
+            began.append(time.time())
+        time.sleep(seconds)
+
+    runner = make_runner(rate_per_s=20, sleep=sleep)
+    job_id = enqueue(store)
+    assert runner.limiter.acquire(max_wait_s=1).reserved  # the next slot is 50 ms away
+    # When it runs
+    assert runner.run(job_id).word == "succeeded"
+    # Then its one call left after the cool-down, and the attempt began once, after it too
+    (call,) = starts(sandbox)
+    assert began and call["t"] >= began[0] + 0.4
+    assert job(store, job_id).attempts == 1
+
+
+def test_the_write_ahead_is_refused_during_a_cooldown(store: JobStore, rdb: redis.Redis) -> None:
+    limiter = RedisRateLimiter(client=rdb, rate_per_s=10, prefix="t")
+    job_id = enqueue(store)
+    limiter.on_rate_limited(30.0)
+    running = {"status": Status.RUNNING.value}
+    refused = store.update(
+        job_id, running, count_attempt=True, unless_cooldown=limiter.cooldown_key
+    )
+    assert not refused.applied and refused.reason == "cooldown"
+    assert job(store, job_id).status is Status.QUEUED and job(store, job_id).attempts == 0
+    rdb.delete(limiter.cooldown_key)  # the cool-down is over
+    begun = store.update(job_id, running, count_attempt=True, unless_cooldown=limiter.cooldown_key)
+    assert begun.applied and begun.job is not None and begun.job.attempts == 1

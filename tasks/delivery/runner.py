@@ -31,7 +31,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tasks import window
 from tasks.delivery.leases import Claimer, LeaseLost, lease_token
 from tasks.delivery.outcomes import STARTABLE, Outcomes
-from tasks.delivery.slots import RateSlots
+from tasks.delivery.slots import MAX_INLINE_LIMITER_WAITS, RateSlots
 from tasks.delivery.state import (
     Delivered,
     DeliveryState,
@@ -51,6 +51,7 @@ from tasks.errors import (
     WindowRefusal,
 )
 from tasks.job import Job, Kind, Status, recording_ended
+from tasks.store.connections import through_outage
 from tasks.store.jobs import JobStore
 from tasks.store.ratelimit import RedisRateLimiter
 from tasks.videosdk.client import ApiClient, ApiResponse
@@ -245,27 +246,35 @@ class Runner:
         """Take a rate slot, then mark the attempt ``running`` before calling (write-ahead).
 
         Raises WindowClosed, and makes no call, once the job's start window has closed (before
-        or while waiting for the slot).
+        or while waiting for the slot). The write-ahead is refused while a 429's shared
+        cool-down lasts (one may have begun while this delivery waited for its slot): the slot
+        is given up, and the next one is waited for in place, or the job deferred.
         """
-        self._check_window(state)
-        self._slots.take(state)
-        self._check_window(state)
-        begun = self.store.update(
-            state.job.id,
-            {
-                "status": Status.RUNNING.value,
-                "in_flight": True,
-                "maybe_started": state.maybe_started,
-                "next_attempt_at": None,
-                "error": None,
-            },
-            allowed_from=STARTABLE,
-            lease_token=state.token,
-            count_attempt=True,
-            clear_due=True,
-            renew_lease_s=self.lease_s,
-            metrics=state.take_pending(),
-        )
+        for _ in range(MAX_INLINE_LIMITER_WAITS):
+            self._check_window(state)
+            self._slots.take(state)
+            self._check_window(state)
+            begun = self.store.update(
+                state.job.id,
+                {
+                    "status": Status.RUNNING.value,
+                    "in_flight": True,
+                    "maybe_started": state.maybe_started,
+                    "next_attempt_at": None,
+                    "error": None,
+                },
+                allowed_from=STARTABLE,
+                lease_token=state.token,
+                count_attempt=True,
+                clear_due=True,
+                renew_lease_s=self.lease_s,
+                metrics=state.take_pending(),
+                unless_cooldown=self.limiter.cooldown_key,
+            )
+            if begun.reason != "cooldown":
+                break
+        else:  # a cool-down each time, every one short enough to wait out in place
+            self._slots.defer(state, through_outage(self.limiter.peek))
         if not begun.applied or begun.job is None:
             raise LeaseLost(begun.reason)
         before, state.job = state.job, begun.job

@@ -44,8 +44,12 @@ class RateSlots:
     def take(self, state: DeliveryState) -> None:
         """Wait for the global limiter in place if the wait is short; else defer the job."""
         refusal = self.wait(state.pending)
-        if refusal is None:
-            return
+        if refusal is not None:
+            self.defer(state, refusal)
+
+    def defer(self, state: DeliveryState, refusal: Admission) -> None:
+        """Defer the job for the limiter's ``refusal`` (a saturated limit or a cool-down); raises
+        Deferred."""
         kind = "rate_limit_cooldown" if refusal.cooldown else "rate_limit_wait"
         why = (
             "the API asked every worker to pause (429 Retry-After)"
@@ -63,9 +67,10 @@ class RateSlots:
         """Hold a rate slot, after waiting in place for it if that is short; None when held.
 
         Returns the limiter's refusal when the wait would be longer than a slot may be held.
-        A reserved slot is checked once more after the wait: a 429 may have started a shared
-        cool-down meanwhile, and a thread that woke well after its slot (a busy CPU) gives the
-        slot up rather than call late, which would crowd the calls of the next second.
+        A thread that woke well after its reserved slot (a busy CPU) gives the slot up rather
+        than call late, which would crowd the calls of the next second. A 429's shared cool-down
+        begun during the wait is not looked for here: the attempt's write-ahead refuses to
+        begin during one (``JobStore.update(unless_cooldown=...)``, in the same round trip).
         """
         late_s = max(0.5 / self.limiter.rate_per_s, LATE_WAKE_MIN_S)
         for _ in range(MAX_INLINE_LIMITER_WAITS):
@@ -81,9 +86,6 @@ class RateSlots:
             self.sleep(admission.wait_s)
             if not admission.reserved:
                 continue  # a short shared cool-down has passed: ask again
-            if (
-                time.monotonic() - slot_at <= late_s
-                and not through_outage(self.limiter.peek).cooldown
-            ):
+            if time.monotonic() - slot_at <= late_s:
                 return None
         return admission

@@ -142,6 +142,12 @@ class RedisRateLimiter:
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._backoff = client.register_script(BACKOFF_LUA)
 
+    @property
+    def cooldown_key(self) -> str:
+        """The key of the shared cool-down (``{prefix}:rl:cooldown``), for scripts that must not
+        act during one (the runner's write-ahead)."""
+        return self._keys[1]
+
     def acquire(self, *, max_wait_s: float) -> Admission:
         """Reserve the next slot if it comes within ``max_wait_s``; else only say when it would."""
         return self._call(max_wait_s, reserve=True)

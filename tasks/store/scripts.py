@@ -43,7 +43,8 @@ if ARGV[6] ~= '' then redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1]) end
 return ARGV[1]
 """
 
-# KEYS[1] job, KEYS[2] lease
+# KEYS[1] job, KEYS[2] lease, KEYS[3] (optional) a rate limiter's cool-down key: while its
+# cool-down lasts (microseconds since the epoch, Redis TIME) the change is refused ("cooldown")
 # ARGV[1] prefix, ARGV[2] id, ARGV[3] allowed current statuses as " a b " ("" = any),
 # ARGV[4] patch (JSON object merged into the record), ARGV[5] lease token that must hold the
 # lease ("" = no check), ARGV[6] "1" to count an attempt, ARGV[7] due: "" keep, "-" remove,
@@ -65,6 +66,11 @@ local rec = cjson.decode(raw)
 local old = rec.status
 if ARGV[3] ~= '' and not string.find(ARGV[3], ' ' .. old .. ' ', 1, true) then
   return {0, 'status', raw}
+end
+if KEYS[3] then
+  local t = redis.call('TIME')
+  local until_us = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if until_us > tonumber(t[1]) * 1000000 + tonumber(t[2]) then return {0, 'cooldown', raw} end
 end
 for k, v in pairs(cjson.decode(ARGV[4])) do
   if v == cjson.null then rec[k] = nil else rec[k] = v end

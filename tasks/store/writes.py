@@ -129,11 +129,14 @@ class Writes(Reads):
         release_lease: bool = False,
         renew_lease_s: float | None = None,
         metrics: Mapping[str, int] | None = None,
+        unless_cooldown: str | None = None,
     ) -> Update:
         """Apply ``patch`` atomically if the job's status is in ``allowed_from`` (any if None).
 
         ``updated_at`` is set, and ``finished_at`` when the new status is terminal. With
-        ``lease_token`` the change applies only while that token holds the job's lease.
+        ``lease_token`` the change applies only while that token holds the job's lease. With
+        ``unless_cooldown`` (a rate limiter's :attr:`~tasks.store.ratelimit.RedisRateLimiter.
+        cooldown_key`) it is refused, reason ``"cooldown"``, while a 429's cool-down lasts.
         ``metrics`` are increments of the shared metrics hash, added in the same round trip
         whether or not the change applies.
         """
@@ -151,7 +154,11 @@ class Writes(Reads):
             lease = str(int(renew_lease_s * 1000))
         result = self._update(
             client=own_client(self.client),
-            keys=[self.key("job", job_id), self.key("lease", job_id)],
+            keys=[
+                self.key("job", job_id),
+                self.key("lease", job_id),
+                *([unless_cooldown] if unless_cooldown else []),
+            ],
             args=[
                 self.prefix,
                 job_id,
