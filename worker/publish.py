@@ -28,10 +28,6 @@ logger = logging.getLogger(__name__)
 #: the task's name (fixed by the contract): producers publish by name, never importing the task
 TASK_NAME = "tasks.start_recording"
 BROKER_ERRORS = (OperationalError, redis.RedisError, OSError)
-#: Redis commands a batch of due jobs holds before kombu writes them (one ``LPUSH`` per message;
-#: a queue with an expiry, which ours has not, adds a ``PEXPIRE`` per priority step): more than a
-#: dispatcher's batch of 200 messages, so each batch is one round trip
-PIPELINE_MAX_COMMANDS = 1000
 #: how long :func:`queue_depth` waits for a free connection of the app's broker pool, seconds
 POOL_ACQUIRE_TIMEOUT_S = 5.0
 
@@ -99,7 +95,9 @@ def due_job_batch() -> Iterator[Callable[[str, str], None]]:
 
         try:
             try:
-                with producer.batch(max_size=PIPELINE_MAX_COMMANDS):
+                # kombu's default size, 1,000 Redis commands (one LPUSH a message), holds a
+                # dispatcher's 200: each batch is one round trip
+                with producer.batch():
                     yield publish
             except ConnectionError:  # a publish_job of the batch
                 raise
