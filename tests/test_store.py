@@ -241,6 +241,7 @@ def test_a_dispatcher_holds_a_backlog_back_until_the_queue_drains(
         publish=lambda job_id, _room: queue.append(job_id),
         queue_depth=lambda: len(queue),
         queue_ahead=300,
+        batch=200,
     )
     # When it turns: a full batch, then the queue holds 200 (< 300): one more batch, then 400
     assert dispatcher.run_once() == 400

@@ -76,9 +76,10 @@ def due_job_batch() -> Iterator[Callable[[str, str], None]]:
     refuses to batch) publishes each message at once instead.
 
     Their ``task-sent`` events are held until the messages are out and leave then as one
-    ``task.multi`` message (Flower reads it as single events; the dispatcher's batches hold at
-    most 200 jobs). Events that cannot be sent then are logged and dropped, never raised: the
-    jobs' messages are out, and an error here would make the dispatcher publish them again.
+    ``task.multi`` message (Flower reads it as single events; a dispatcher's batch holds at most
+    ``tasks.delivery.dispatcher.BATCH`` jobs, 50). Events that cannot be sent then are logged and
+    dropped, never raised: the jobs' messages are out, and an error here would make the
+    dispatcher publish them again.
     """
     with app.producer_or_acquire() as producer:
         events = SentEventBuffer(

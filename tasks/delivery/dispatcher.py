@@ -42,7 +42,13 @@ OpenBatch = Callable[[], AbstractContextManager[Publish]]
 INTERVAL_S = 0.5
 #: ...and at most this often (the shortest pause, seconds, when a job falls due at once)
 MIN_PAUSE_S = 0.01
-BATCH = 200
+#: due jobs popped and published at a time, in one Redis round trip. In a busy worker a batch
+#: of 200 took 90-150 ms to publish (0.11 ms of CPU a message alone, the pool's threads wanting
+#: the GIL too), and the calls of those moments bunched behind it; 50 at a time in alternated
+#: herds (``tests/benchmarks/herd.py``): last call T + 50.79-50.85 s against 50.84-50.91 s at
+#: 200, busiest sliding second 201-203 against 203-210, the first second 187-194 calls against
+#: 174-183.
+BATCH = 50
 #: a claimed job whose lease has expired has been left alone at least this long already.
 HELD_QUIET_S = 1.0
 #: an unclaimed job whose message is evidently gone is published again after this long: longer

@@ -5,7 +5,8 @@ Three ways of putting N job messages on a queue, one thread, task-sent events on
 - ``plain``: a plain Celery app on kombu's stock Redis transport, ``send_task`` per message;
 - ``ours, one by one``: ``worker.publish.publish_job``, as the public API and beat publish;
 - ``ours, due batch``: ``worker.publish.due_job_batch``, as a worker's dispatcher publishes due
-  jobs, 200 per batch: one producer for the batch, its task-sent events in one message.
+  jobs, a dispatcher's batch at a time (``BATCH``, 50): one producer for the batch, its
+  task-sent events in one message.
 
 Each way runs ``--rounds`` times, the ways taking turns; it prints the median CPU time
 (``time.process_time``) per message and each way's ratio to plain Celery. Uses its own Redis db
@@ -31,7 +32,6 @@ if str(ROOT) not in sys.path:  # run as a script, sys.path[0] is this folder, no
     sys.path.insert(0, str(ROOT))
 
 QUEUE = "bench-publish"
-BATCH = 200
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from celery import Celery
 
+    from tasks.delivery.dispatcher import BATCH
     from worker.publish import TASK_NAME, due_job_batch, publish_job, send_task_options
 
     plain = Celery("bench-plain", broker=args.redis_url, set_as_current=False)
