@@ -99,28 +99,49 @@ def test_503_three_times_then_200_succeeds_on_the_fourth_attempt(
     assert [c["status"] for c in starts(sandbox)] == [503, 503, 503, 200]
 
 
+NOT_LIVE = {"status": 400, "body": {"message": "No active session found for this room"}}
+
+
+@pytest.mark.parametrize(
+    ("answers", "words", "rate_per_s"),
+    [
+        ([], ["succeeded"], 1000),
+        ([{"status": 503}], ["succeeded"], 1000),  # retried
+        ([{"status": 400}], ["failed"], 1000),  # a refusal ends the attempts
+        ([{"status": 503}] * 3, ["failed"], 1000),  # attempts used up
+        ([{"status": 429, "headers": {"Retry-After": "30"}}], ["deferred"], 1000),  # a backoff
+        ([NOT_LIVE], ["failed"], 1000),  # a window refusal (no window on this record: failed)
+        ([], ["succeeded", "deferred"], 0.1),  # the rate limit saturated: the second deferred
+    ],
+    ids=["ok", "retried", "refused", "attempts-used-up", "backoff", "not-live", "rate-limited"],
+)
 def test_a_delivery_leaves_nothing_for_the_garbage_collector(
-    make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
+    make_runner: MakeRunner,
+    store: JobStore,
+    sandbox: SandboxServer,
+    answers: list[dict[str, Any]],
+    words: list[str],
+    rate_per_s: float,
 ) -> None:
-    """A delivery's objects are freed by reference counting as it ends, retried or not: none is
-    left in a reference cycle for the collector (whose collections of ~20 objects a job stopped
-    a 200/s worker for 40-60 ms)."""
-    runner = make_runner()
-    sandbox.script({"status": 503})
+    """A delivery's objects are freed by reference counting as it ends, however it ends: none
+    is left in a reference cycle for the collector (whose collections of ~20 objects a job
+    stopped a 200/s worker for 40-60 ms)."""
+    runner = make_runner(max_attempts=3, rate_per_s=rate_per_s, inline_wait_max_s=0.5)
+    sandbox.script(*answers)
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection would free is kept in gc.garbage
     try:
-        for i in range(4):
-            assert runner.run(enqueue(store, f"room-{i}")).word == "succeeded"
+        ended = [runner.run(enqueue(store, f"room-{i}")).word for i in range(len(words))]
         gc.collect()
         left = [
             type(o).__name__
             for o in gc.garbage
-            if isinstance(o, DeliveryState | Job | Retrying | RetryCallState)
+            if isinstance(o, DeliveryState | Job | Retrying | RetryCallState | Exception)
         ]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
+    assert ended == words
     assert left == []
 
 
@@ -128,10 +149,13 @@ def test_deliveries_in_threads_keep_their_own_attempts(
     make_runner: MakeRunner, store: JobStore, sandbox: SandboxServer
 ) -> None:
     """One retry controller serves every thread of a worker: each delivery still counts and
-    stops on its own attempts."""
+    stops on its own attempts, whatever the others' budgets."""
     runner = make_runner(max_attempts=3)
-    sandbox.faults.error_rate = 1.0  # every unscripted start answers a 5xx
     job_ids = [enqueue(store, f"room-{i}") for i in range(6)]
+    # Given half the jobs with an attempt used already, so the budgets differ
+    for job_id in job_ids[::2]:
+        assert store.update(job_id, {}, count_attempt=True).applied
+    sandbox.faults.error_rate = 1.0  # every unscripted start answers a 5xx
     words: list[str] = []
     threads = [
         threading.Thread(target=lambda j=j: words.append(runner.run(j).word)) for j in job_ids
@@ -140,9 +164,10 @@ def test_deliveries_in_threads_keep_their_own_attempts(
         t.start()
     for t in threads:
         t.join(timeout=30)
+    # Then each made the attempts left to it, two or three, and no more
     assert words == ["failed"] * 6
     assert [job(store, j).attempts for j in job_ids] == [3] * 6
-    assert len(starts(sandbox)) == 18
+    assert len(starts(sandbox)) == 15  # 3 x 2 + 3 x 3
 
 
 def test_429_retry_after_seconds_is_honoured(

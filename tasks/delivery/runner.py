@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 import socket
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -124,7 +125,8 @@ class Runner:
         # own thread-local state: a controller per delivery is a reference cycle (its
         # threading.local, and callbacks holding the delivery) that only the garbage collector
         # frees, ~20 objects a job, whose collections stopped a 200/s worker for 40-60 ms.
-        # Safe because a delivery never runs another inside its attempt (no re-entry).
+        # Safe because a delivery never runs another inside its attempt (no re-entry). See
+        # _attempts for the cycle a raised exception would still make.
         self._retrying = Retrying(
             stop=self._out_of_attempts,
             retry=retry_if_exception(is_retryable),
@@ -173,9 +175,9 @@ class Runner:
         remaining = self.max_attempts - attempts_used(state.job) + int(state.pre_begun)
         if remaining <= 0:
             return self._outcomes.failed(state, None, "attempts exhausted before this delivery")
-        state.attempts_left = remaining
+        state.attempt_budget = remaining
         try:
-            response = self._retrying(self._attempt, state)
+            response = self._attempts(state)
         except WindowClosed:
             return self._outcomes.expired(state)
         except WindowRefusal as exc:
@@ -213,6 +215,20 @@ class Runner:
         return "deferred"
 
     # -- one attempt --------------------------------------------------------------------------
+
+    def _attempts(self, state: DeliveryState) -> ApiResponse:
+        """The attempts of this delivery under the retry controller; raises what it raises.
+
+        An exception that ends them (a refusal, a deferral, attempts used up) holds in its
+        traceback the controller's frame, which holds the run's state, which holds the
+        exception: a cycle only the garbage collector would free. Its frames' locals are cleared
+        (``traceback.clear_frames``) so that it goes with its last reference instead.
+        """
+        try:
+            return self._retrying(self._attempt, state)
+        except BaseException as exc:
+            traceback.clear_frames(exc.__traceback__)
+            raise
 
     def _attempt(self, state: DeliveryState) -> ApiResponse:
         if state.pre_begun:
@@ -299,7 +315,7 @@ class Runner:
     @staticmethod
     def _out_of_attempts(rs: RetryCallState) -> bool:
         state: DeliveryState = rs.args[0]
-        return rs.attempt_number >= state.attempts_left
+        return rs.attempt_number >= state.attempt_budget
 
     def _wait_s(self, rs: RetryCallState) -> float:
         state: DeliveryState = rs.args[0]

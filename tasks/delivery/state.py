@@ -41,7 +41,7 @@ class DeliveryState:
     #: the claim already began the first attempt (so its write-ahead cost no round trip)
     pre_begun: bool = False
     #: attempts this delivery may make (the retry loop's stop)
-    attempts_left: int = 0
+    attempt_budget: int = 0
     #: metrics increments not yet written: they travel with the next store write
     pending: dict[str, int] = field(default_factory=dict)
     #: the last call's latency and outcome, for the state-change line that follows it
