@@ -24,8 +24,8 @@ MAX_INLINE_LIMITER_WAITS = 20
 #: reserved slot asks for a new one instead of calling late. 10 ms at 200/s is two intervals,
 #: within the limiter's margin (``RATE_MARGIN``: three calls a second at 200/s). Measured in
 #: ``tests/benchmarks/herd.py``: a worker's threads wake 5-10 ms late for the GIL dozens of
-#: times in a 10,000-job herd, and each slot given up is one no call uses; at 5 ms that was
-#: 0.1-0.2 s more to the last call, with no busier second.
+#: times in a 10,000-job herd, and each slot given up is one no call uses; at 5 ms the last
+#: call came about 0.2 s later, and no second was less busy.
 LATE_WAKE_MIN_S = 0.010
 
 

@@ -158,7 +158,8 @@ class Sandbox:
     ``collect_garbage=False`` turns the process's automatic garbage collection off, for a
     benchmark that judges arrival stamps: a collection of its call log paused the sandbox for up
     to 83 ms, and the calls that arrived meanwhile were stamped at once (a bunch of the
-    sandbox's, not the workers'). Its memory then grows by what cycles it leaves, for one run.
+    sandbox's, not the workers'). Its memory then grows by what cycles it leaves, for as long as
+    the benchmark runs.
     """
 
     def __init__(self, procs: Processes, *, collect_garbage: bool = True) -> None:
