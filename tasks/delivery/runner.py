@@ -6,8 +6,9 @@ A delivery:
 2. takes a slot from the global rate limiter, waiting in place only for short waits;
 3. marks an attempt ``running`` *before* calling (write-ahead), so a worker killed mid-call
    leaves a record saying the outcome is unknown;
-4. calls the API once per attempt, under a tenacity loop whose ``sleep`` hands any wait longer
-   than ``inline_wait_max_s`` back (the job waits in the store's due set, not in a worker slot);
+4. calls the API once per attempt, under a tenacity loop (:mod:`tasks.delivery.attempts`) that
+   hands any wait longer than ``inline_wait_max_s`` back (the job waits in the store's due
+   set, not in a worker slot);
 5. records ``succeeded``, ``failed`` or ``retrying``, and returns what it did
    (:class:`Delivered`); the caller (the Celery task) acks the message afterwards.
 
@@ -23,13 +24,11 @@ from __future__ import annotations
 import random
 import socket
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception
-
 from tasks import window
+from tasks.delivery.attempts import Attempts
 from tasks.delivery.leases import Claimer, LeaseLost, lease_token
 from tasks.delivery.outcomes import STARTABLE, Outcomes
 from tasks.delivery.slots import MAX_INLINE_LIMITER_WAITS, RateSlots
@@ -56,7 +55,6 @@ from tasks.store.connections import through_outage
 from tasks.store.jobs import JobStore
 from tasks.store.ratelimit import RedisRateLimiter
 from tasks.videosdk.client import ApiClient, ApiResponse
-from tasks.videosdk.retry import backoff_s, is_retryable
 from tasks.videosdk.tokens import TokenMinter
 
 __all__ = ["Delivered", "Runner"]
@@ -65,8 +63,8 @@ __all__ = ["Delivered", "Runner"]
 class Runner:
     """Runs deliveries of jobs; every collaborator is passed in, none is read from the env.
 
-    Its parts: claiming (:class:`Claimer`), rate slots (:class:`RateSlots`) and outcome writes
-    (:class:`Outcomes`); the attempt loop is here.
+    Its parts: claiming (:class:`Claimer`), rate slots (:class:`RateSlots`), the retry loop
+    (:class:`Attempts`) and outcome writes (:class:`Outcomes`); one attempt is here.
     """
 
     def __init__(
@@ -121,19 +119,13 @@ class Runner:
             inline_wait_max_s=inline_wait_max_s,
             sleep=sleep,
         )
-        # One retry controller for every delivery, each thread's run kept apart by tenacity's
-        # own thread-local state: a controller per delivery is a reference cycle (its
-        # threading.local, and callbacks holding the delivery) that only the garbage collector
-        # frees, ~20 objects a job, whose collections stopped a 200/s worker for 40-60 ms.
-        # Safe because a delivery never runs another inside its attempt (no re-entry). See
-        # _attempts for the cycle a raised exception would still make.
-        self._retrying = Retrying(
-            stop=self._out_of_attempts,
-            retry=retry_if_exception(is_retryable),
-            wait=self._wait_s,
-            sleep=self._sleep_or_defer,
-            before_sleep=self._record_retrying,
-            reraise=True,
+        self._attempts = Attempts(
+            attempt=self._attempt,
+            outcomes=self._outcomes,
+            backoff_max_s=backoff_max_s,
+            inline_wait_max_s=inline_wait_max_s,
+            sleep=sleep,
+            rng=self.rng,
         )
 
     def run(self, job_id: str) -> Delivered:
@@ -175,9 +167,8 @@ class Runner:
         remaining = self.max_attempts - attempts_used(state.job) + int(state.pre_begun)
         if remaining <= 0:
             return self._outcomes.failed(state, None, "attempts exhausted before this delivery")
-        state.attempt_budget = remaining
         try:
-            response = self._attempts(state)
+            response = self._attempts.run(state, remaining)
         except WindowClosed:
             return self._outcomes.expired(state)
         except WindowRefusal as exc:
@@ -215,20 +206,6 @@ class Runner:
         return "deferred"
 
     # -- one attempt --------------------------------------------------------------------------
-
-    def _attempts(self, state: DeliveryState) -> ApiResponse:
-        """The attempts of this delivery under the retry controller; raises what it raises.
-
-        An exception that ends them (a refusal, a deferral, attempts used up) holds in its
-        traceback the controller's frame, which holds the run's state, which holds the
-        exception: a cycle only the garbage collector would free. Its frames' locals are cleared
-        (``traceback.clear_frames``) so that it goes with its last reference instead.
-        """
-        try:
-            return self._retrying(self._attempt, state)
-        except BaseException as exc:
-            traceback.clear_frames(exc.__traceback__)
-            raise
 
     def _attempt(self, state: DeliveryState) -> ApiResponse:
         if state.pre_begun:
@@ -307,35 +284,3 @@ class Runner:
         deadline = window.deadline_s(state.job)
         if deadline is not None and self.store.clock() > deadline - window.SEND_MARGIN_S:
             raise WindowClosed(state.job.id)
-
-    # -- tenacity hooks -----------------------------------------------------------------------
-
-    # each gets tenacity's state of the run, whose ``args`` are ``(delivery state,)``
-
-    @staticmethod
-    def _out_of_attempts(rs: RetryCallState) -> bool:
-        state: DeliveryState = rs.args[0]
-        return rs.attempt_number >= state.attempt_budget
-
-    def _wait_s(self, rs: RetryCallState) -> float:
-        state: DeliveryState = rs.args[0]
-        exc = rs.outcome.exception() if rs.outcome else None
-        if isinstance(exc, TokenRejected):
-            return 0.0
-        return backoff_s(
-            attempts_used(state.job),
-            backoff_max_s=self.backoff_max_s,
-            retry_after_s=getattr(exc, "retry_after_s", None),
-            rng=self.rng,
-        )
-
-    def _record_retrying(self, rs: RetryCallState) -> None:
-        state: DeliveryState = rs.args[0]
-        exc = rs.outcome.exception() if rs.outcome else None
-        assert isinstance(exc, ApiError)
-        self._outcomes.retrying(state, exc, rs.upcoming_sleep)
-
-    def _sleep_or_defer(self, wait_s: float) -> None:
-        if wait_s > self.inline_wait_max_s:
-            raise Deferred(wait_s, "backoff longer than a worker slot may be held")
-        self.sleep(wait_s)
