@@ -91,10 +91,7 @@ class Runner:
         self.minter = minter
         self.max_attempts = max_attempts
         self.max_lost_deliveries = max_lost_deliveries
-        self.backoff_max_s = backoff_max_s
-        self.inline_wait_max_s = inline_wait_max_s
         self.lease_s = lease_s
-        self.sleep = sleep
         self.rng = rng or random.Random()
         #: ``webhookUrl`` of starts stored without one (``RECORDER_WEBHOOK_URL`` of the worker)
         self.webhook_url = webhook_url
